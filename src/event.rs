@@ -1,0 +1,558 @@
+//! Borrowed view of a delivery event (SPEC §1).
+//!
+//! Only the fields that rules read are parsed; everything else is checked to
+//! be JSON and skipped. Strings borrow from the input unless they contain
+//! escapes. Parsing never panics on hostile input: every failure is one of the
+//! fixed reason codes of [`Reason`].
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+
+use chrono::NaiveDateTime;
+use serde::Deserializer as _;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use smallvec::SmallVec;
+
+use crate::domain::AddressDomain;
+
+/// `max_event_bytes` default: 1 MiB.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// MailerQ's timestamp layout, UTC.
+pub const MAILERQ_TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+
+/// The fields of SPEC §1's table: the only ones bouncer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Recipient,
+    Envelope,
+    Ips,
+    Pool,
+    Tags,
+    MaxDeliverTime,
+    MaxAttempts,
+    Results,
+}
+
+impl Field {
+    pub const ALL: [Field; 8] = [
+        Field::Recipient,
+        Field::Envelope,
+        Field::Ips,
+        Field::Pool,
+        Field::Tags,
+        Field::MaxDeliverTime,
+        Field::MaxAttempts,
+        Field::Results,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Recipient => "recipient",
+            Field::Envelope => "envelope",
+            Field::Ips => "ips",
+            Field::Pool => "pool",
+            Field::Tags => "tags",
+            Field::MaxDeliverTime => "maxdelivertime",
+            Field::MaxAttempts => "maxattempts",
+            Field::Results => "results",
+        }
+    }
+
+    fn from_key(key: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == key)
+    }
+}
+
+/// Why an event is invalid; its text is the `bouncer-error` header value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    NotUtf8,
+    NotJson,
+    NotObject,
+    RecipientMissing,
+    RecipientNoDomain,
+    WrongType(Field),
+    DuplicateKey(Field),
+    TooLarge,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NotUtf8 => f.write_str("not-utf8"),
+            Reason::NotJson => f.write_str("not-json"),
+            Reason::NotObject => f.write_str("not-object"),
+            Reason::RecipientMissing => f.write_str("recipient-missing"),
+            Reason::RecipientNoDomain => f.write_str("recipient-no-domain"),
+            Reason::WrongType(field) => write!(f, "wrong-type:{}", field.name()),
+            Reason::DuplicateKey(field) => write!(f, "duplicate-key:{}", field.name()),
+            Reason::TooLarge => f.write_str("too-large"),
+        }
+    }
+}
+
+/// An invalid event: the reason code and a human detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Invalid {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Invalid {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.detail.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.reason, self.detail)
+        }
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// What rules see of a delivery event.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    pub recipient: Cow<'a, str>,
+    /// Normalised recipient domain; `None` for an address literal.
+    pub recipient_domain: Option<Cow<'a, str>>,
+    /// Normalised envelope sender domain; `None` for the null sender, an
+    /// address without a domain, or an address literal.
+    pub sender_domain: Option<Cow<'a, str>>,
+    /// Candidate sending IPs; an entry that is not an IP address is `None`
+    /// (it is in no range, so it fails `mta_match = "all"`).
+    pub ips: SmallVec<[Option<IpAddr>; 2]>,
+    pub pool: Option<Cow<'a, str>>,
+    pub tags: SmallVec<[Cow<'a, str>; 4]>,
+    /// `maxdelivertime` as Unix seconds, UTC.
+    pub max_deliver_time: Option<i64>,
+    /// `maxattempts`; 0 means no limit.
+    pub max_attempts: u64,
+    /// Number of entries in `results`.
+    pub attempts: u64,
+}
+
+impl<'a> Event<'a> {
+    /// Parses one Kafka record value.
+    pub fn parse(bytes: &'a [u8], max_event_bytes: usize) -> Result<Event<'a>, Invalid> {
+        if bytes.len() > max_event_bytes {
+            return Err(Invalid::new(
+                Reason::TooLarge,
+                format!("{} bytes, limit {}", bytes.len(), max_event_bytes),
+            ));
+        }
+        let text = simdutf8::compat::from_utf8(bytes).map_err(|e| {
+            Invalid::new(
+                Reason::NotUtf8,
+                format!("invalid byte at offset {}", e.valid_up_to()),
+            )
+        })?;
+        Self::parse_str(text)
+    }
+
+    /// Parses an event already known to be UTF-8 and within the size limit.
+    pub fn parse_str(text: &'a str) -> Result<Event<'a>, Invalid> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let raw = match de.deserialize_any(TopVisitor).and_then(|raw| {
+            de.end()?;
+            Ok(raw)
+        }) {
+            Ok(raw) => raw,
+            Err(e) => return Err(Invalid::new(Reason::NotJson, e.to_string())),
+        };
+        let fields = match raw {
+            Top::NotObject(kind) => {
+                return Err(Invalid::new(
+                    Reason::NotObject,
+                    format!("the event is {kind}, not an object"),
+                ));
+            }
+            Top::Object(fields) => fields,
+        };
+        if let Some(invalid) = fields.first_error {
+            return Err(invalid);
+        }
+        fields.into_event()
+    }
+}
+
+/// The top-level value: an object's fields, or what it was instead.
+enum Top<'a> {
+    Object(Box<RawFields<'a>>),
+    NotObject(&'static str),
+}
+
+#[derive(Default)]
+struct RawFields<'a> {
+    seen: [bool; Field::ALL.len()],
+    first_error: Option<Invalid>,
+    recipient: Option<Cow<'a, str>>,
+    envelope: Option<Cow<'a, str>>,
+    ips: Option<SmallVec<[Cow<'a, str>; 2]>>,
+    pool: Option<Cow<'a, str>>,
+    tags: Option<SmallVec<[Cow<'a, str>; 4]>>,
+    max_deliver_time: Option<Cow<'a, str>>,
+    max_attempts: Option<u64>,
+    results: Option<u64>,
+}
+
+impl<'a> RawFields<'a> {
+    fn fail(&mut self, invalid: Invalid) {
+        if self.first_error.is_none() {
+            self.first_error = Some(invalid);
+        }
+    }
+
+    fn into_event(self) -> Result<Event<'a>, Invalid> {
+        let recipient = self.recipient.ok_or_else(|| {
+            Invalid::new(
+                Reason::RecipientMissing,
+                "the event has no \"recipient\" string",
+            )
+        })?;
+        let recipient_domain = match domain_of(&recipient) {
+            AddressDomain::Name(name) => Some(name),
+            AddressDomain::Literal => None,
+            AddressDomain::Missing => {
+                return Err(Invalid::new(
+                    Reason::RecipientNoDomain,
+                    "the recipient has no domain after its last \"@\"",
+                ));
+            }
+        };
+        let sender_domain = self
+            .envelope
+            .as_ref()
+            .and_then(|envelope| match domain_of(envelope) {
+                AddressDomain::Name(name) => Some(name),
+                _ => None,
+            });
+        let max_deliver_time = match self.max_deliver_time.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(parse_mailerq_time(text).ok_or_else(|| {
+                Invalid::new(
+                    Reason::WrongType(Field::MaxDeliverTime),
+                    format!("expected \"YYYY-MM-DD HH:MM:SS\" (UTC), found {text:?}"),
+                )
+            })?),
+        };
+        let ips = self
+            .ips
+            .unwrap_or_default()
+            .iter()
+            .map(|ip| ip.parse::<IpAddr>().ok().map(|ip| ip.to_canonical()))
+            .collect();
+        Ok(Event {
+            recipient_domain,
+            sender_domain,
+            ips,
+            pool: self.pool,
+            tags: self.tags.unwrap_or_default(),
+            max_deliver_time,
+            max_attempts: self.max_attempts.unwrap_or(0),
+            attempts: self.results.unwrap_or(0),
+            recipient,
+        })
+    }
+}
+
+/// The domain of an address, borrowing from the input when the address does.
+fn domain_of<'a>(address: &Cow<'a, str>) -> AddressDomain<'a> {
+    match address {
+        Cow::Borrowed(s) => AddressDomain::of(s),
+        Cow::Owned(s) => match AddressDomain::of(s) {
+            AddressDomain::Name(name) => AddressDomain::Name(Cow::Owned(name.into_owned())),
+            AddressDomain::Literal => AddressDomain::Literal,
+            AddressDomain::Missing => AddressDomain::Missing,
+        },
+    }
+}
+
+/// Parses MailerQ's `YYYY-MM-DD HH:MM:SS` (UTC) into Unix seconds.
+pub fn parse_mailerq_time(text: &str) -> Option<i64> {
+    NaiveDateTime::parse_from_str(text, MAILERQ_TIME_FORMAT)
+        .ok()
+        .map(|t| t.and_utc().timestamp())
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Top<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Box::<RawFields<'de>>::default();
+        while let Some(key) = map.next_key::<CowStr<'de>>()? {
+            let Some(field) = Field::from_key(&key.0) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let index = field as usize;
+            if fields.seen[index] {
+                fields.fail(Invalid::new(
+                    Reason::DuplicateKey(field),
+                    format!("\"{}\" appears more than once", field.name()),
+                ));
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            fields.seen[index] = true;
+            let wrong = |found: &str, expected: &str| {
+                Invalid::new(
+                    Reason::WrongType(field),
+                    format!("expected {expected}, found {found}"),
+                )
+            };
+            match field {
+                Field::Recipient | Field::Envelope | Field::Pool | Field::MaxDeliverTime => {
+                    match map.next_value::<Lenient<CowStr<'de>>>()? {
+                        Lenient::Null => {}
+                        Lenient::Wrong(found) => fields.fail(wrong(found, "a string")),
+                        Lenient::Ok(CowStr(s)) => match field {
+                            Field::Recipient => fields.recipient = Some(s),
+                            Field::Envelope => fields.envelope = Some(s),
+                            Field::Pool => fields.pool = Some(s),
+                            _ => fields.max_deliver_time = Some(s),
+                        },
+                    }
+                }
+                Field::Ips | Field::Tags => match map.next_value::<Lenient<StrList<'de>>>()? {
+                    Lenient::Null => {}
+                    Lenient::Wrong(found) => fields.fail(wrong(found, "an array of strings")),
+                    Lenient::Ok(StrList(list)) => {
+                        if field == Field::Ips {
+                            fields.ips = Some(list.into_iter().collect());
+                        } else {
+                            fields.tags = Some(list);
+                        }
+                    }
+                },
+                Field::MaxAttempts => match map.next_value::<Lenient<u64>>()? {
+                    Lenient::Null => {}
+                    Lenient::Wrong(found) => fields.fail(wrong(found, "an integer of at least 0")),
+                    Lenient::Ok(n) => fields.max_attempts = Some(n),
+                },
+                Field::Results => match map.next_value::<Lenient<Count>>()? {
+                    Lenient::Null => {}
+                    Lenient::Wrong(found) => fields.fail(wrong(found, "an array")),
+                    Lenient::Ok(Count(n)) => fields.results = Some(n),
+                },
+            }
+        }
+        Ok(Top::Object(fields))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Top::NotObject("an array"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("a string"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("a number"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("null"))
+    }
+}
+
+/// A value of the expected type, `null`, or the name of what was found
+/// instead. Wrong values are consumed whole, so parsing carries on and a
+/// later syntax error still wins as `not-json`.
+enum Lenient<T> {
+    Ok(T),
+    Null,
+    Wrong(&'static str),
+}
+
+/// A string that borrows from the input when it has no escapes.
+struct CowStr<'a>(Cow<'a, str>);
+
+/// An array of strings; any other element makes it the wrong type.
+struct StrList<'a>(SmallVec<[Cow<'a, str>; 4]>);
+
+/// An array's length; its elements are skipped.
+struct Count(u64);
+
+/// What a lenient visitor expects; the shared type-mismatch arms below
+/// report everything else as `Wrong`.
+trait Expect<'de>: Sized {
+    fn string(_: Cow<'de, str>) -> Option<Self> {
+        None
+    }
+    fn unsigned(_: u64) -> Option<Self> {
+        None
+    }
+    fn seq<A: SeqAccess<'de>>(seq: A) -> Result<Result<Self, &'static str>, A::Error> {
+        drain(seq)?;
+        Ok(Err("an array"))
+    }
+}
+
+fn drain<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+impl<'de> Expect<'de> for CowStr<'de> {
+    fn string(s: Cow<'de, str>) -> Option<Self> {
+        Some(CowStr(s))
+    }
+}
+
+impl<'de> Expect<'de> for u64 {
+    fn unsigned(n: u64) -> Option<Self> {
+        Some(n)
+    }
+}
+
+impl<'de> Expect<'de> for Count {
+    fn seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Result<Self, &'static str>, A::Error> {
+        let mut n = 0;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            n += 1;
+        }
+        Ok(Ok(Count(n)))
+    }
+}
+
+impl<'de> Expect<'de> for StrList<'de> {
+    fn seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Result<Self, &'static str>, A::Error> {
+        let mut list = SmallVec::new();
+        let mut wrong = false;
+        while let Some(item) = seq.next_element::<Lenient<CowStr<'de>>>()? {
+            match item {
+                Lenient::Ok(CowStr(s)) if !wrong => list.push(s),
+                _ => wrong = true,
+            }
+        }
+        Ok(if wrong {
+            Err("an array with a non-string element")
+        } else {
+            Ok(StrList(list))
+        })
+    }
+}
+
+impl<'de, T: Expect<'de>> de::Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LenientVisitor(std::marker::PhantomData))
+    }
+}
+
+struct LenientVisitor<T>(std::marker::PhantomData<T>);
+
+impl<T> LenientVisitor<T> {
+    fn found(value: Option<T>, kind: &'static str) -> Lenient<T> {
+        match value {
+            Some(v) => Lenient::Ok(v),
+            None => Lenient::Wrong(kind),
+        }
+    }
+}
+
+impl<'de, T: Expect<'de>> Visitor<'de> for LenientVisitor<T> {
+    type Value = Lenient<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Self::found(T::string(Cow::Borrowed(s)), "a string"))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Self::found(T::string(Cow::Owned(s.to_owned())), "a string"))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(Self::found(T::string(Cow::Owned(s)), "a string"))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Self::found(T::unsigned(n), "a number"))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+        let value = u64::try_from(n).ok().and_then(T::unsigned);
+        Ok(Self::found(value, "a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Lenient::Wrong("a non-integer number"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Lenient::Wrong("a boolean"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Lenient::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Ok(match T::seq(seq)? {
+            Ok(v) => Lenient::Ok(v),
+            Err(kind) => Lenient::Wrong(kind),
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Lenient::Wrong("an object"))
+    }
+}
+
+impl<'de> de::Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(CowStr(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
