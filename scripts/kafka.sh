@@ -590,7 +590,7 @@ do_start() {
 
 wait_gone() {
     local pid="$1" secs="$2" deadline
-    deadline=$((SECONDS + secs))
+    deadline=$((SECONDS + secs + 1))
     while is_our_broker "$pid"; do
         ((SECONDS < deadline)) || return 1
         sleep 0.2

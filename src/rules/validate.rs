@@ -196,8 +196,11 @@ pub fn validate_rule(
     let has_condition = ["mta", "pool", "domain", "sender_domain", "tags"]
         .iter()
         .any(|k| get(k).is_some());
+    // An unknown key is most likely a misspelt condition: report the typo,
+    // not the "no condition" it causes.
+    let has_unknown_key = table.iter().any(|(k, _)| !RULE_KEYS.contains(&k.name.as_str()));
     if !match_all {
-        if !has_condition {
+        if !has_condition && !has_unknown_key {
             v.errors.push(FieldError {
                 field: None,
                 span: rule_span.clone(),
