@@ -2,6 +2,7 @@
 //! forced-error rules. See `README.md` for the map of the code.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod domain;
 pub mod eval;
 pub mod event;

@@ -1,0 +1,556 @@
+//! `bouncer run` configuration (SPEC §5): a TOML file, then `BOUNCER_…`
+//! environment overrides, then validation. Every error names the setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::event::DEFAULT_MAX_EVENT_BYTES;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub group: String,
+    pub rules_dir: PathBuf,
+    pub http_listen: SocketAddr,
+    pub api_tokens_file: PathBuf,
+    pub guarantee: Guarantee,
+    pub transactional_id: String,
+    pub on_missing_offset: OnMissingOffset,
+    pub forward_partitioning: Partitioning,
+    pub max_event_bytes: usize,
+    pub log_outcomes: LogOutcomes,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Most events in flight (consumed, not yet acknowledged) per instance;
+    /// above it partitions are paused.
+    pub max_in_flight: usize,
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    pub topics: Topics,
+    pub kafka: KafkaConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guarantee {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissingOffset {
+    Earliest,
+    Latest,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Partitioning {
+    /// The input's partition number.
+    Same,
+    /// By key, murmur2 as Java clients do.
+    Key,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogOutcomes {
+    Each,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    pub input: String,
+    pub forward: String,
+    pub results: String,
+    pub retry: String,
+    pub dead_letter: String,
+    pub control: String,
+}
+
+/// librdkafka properties: for every client, and for consumers or producers only.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct KafkaConfig {
+    #[serde(flatten, deserialize_with = "properties")]
+    pub common: BTreeMap<String, String>,
+    #[serde(deserialize_with = "properties")]
+    pub consumer: BTreeMap<String, String>,
+    #[serde(deserialize_with = "properties")]
+    pub producer: BTreeMap<String, String>,
+}
+
+/// librdkafka takes every property as text; TOML numbers and booleans are
+/// accepted and converted, so `"linger.ms" = 5` works as well as `"5"`.
+fn properties<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Prop {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let raw = BTreeMap::<String, Prop>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Prop::Text(s) => s,
+                Prop::Int(i) => i.to_string(),
+                Prop::Float(f) => f.to_string(),
+                Prop::Bool(b) => b.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            group: "bouncer".into(),
+            rules_dir: "rules".into(),
+            http_listen: "0.0.0.0:9464".parse().expect("valid address"),
+            api_tokens_file: PathBuf::new(),
+            guarantee: Guarantee::AtLeastOnce,
+            transactional_id: String::new(),
+            on_missing_offset: OnMissingOffset::Earliest,
+            forward_partitioning: Partitioning::Same,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            log_outcomes: LogOutcomes::Each,
+            shutdown_timeout: Duration::from_secs(20),
+            max_in_flight: 20_000,
+            commit_interval: Duration::from_secs(1),
+            topics: Topics::default(),
+            kafka: KafkaConfig::default(),
+        }
+    }
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            input: "deliveries".into(),
+            forward: "deliveries.accepted".into(),
+            results: "deliveries.results".into(),
+            retry: "deliveries.retry".into(),
+            dead_letter: "deliveries.invalid".into(),
+            control: "bouncer.rules".into(),
+        }
+    }
+}
+
+/// librdkafka properties that carry bouncer's guarantees: setting one is an
+/// error naming it.
+pub const OWNED_PROPERTIES: &[&str] = &[
+    "group.id",
+    "transactional.id",
+    "enable.auto.commit",
+    "auto.commit.enable",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "enable.gapless.guarantee",
+    "partition.assignment.strategy",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "retries",
+    "message.send.max.retries",
+];
+
+/// bouncer's producer defaults, applied before `[kafka]` and
+/// `[kafka.producer]`: batching, compression, and a bounded queue.
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("linger.ms", "5"),
+    ("batch.num.messages", "10000"),
+    ("compression.type", "lz4"),
+    ("queue.buffering.max.messages", "100000"),
+    ("queue.buffering.max.kbytes", "65536"),
+    // Room for a 1 MiB event plus headers and the appended result.
+    ("message.max.bytes", "2097152"),
+    ("message.timeout.ms", "300000"),
+];
+
+/// bouncer's consumer defaults: a bounded pre-fetch queue.
+pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    ("queued.max.messages.kbytes", "32768"),
+    ("fetch.max.bytes", "16777216"),
+    ("session.timeout.ms", "45000"),
+    ("receive.message.max.bytes", "33554432"),
+];
+
+/// Bytes kept free beside `max_event_bytes` for headers and the result entry.
+pub const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// A configuration problem: the setting at fault and what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            setting: setting.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file` (if any), applies the process environment, validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+            })?,
+            None => String::new(),
+        };
+        Config::from_parts(&text, std::env::vars())
+    }
+
+    /// Builds a configuration from TOML text and `(name, value)` variables;
+    /// only `BOUNCER_…` variables are read.
+    pub fn from_parts(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::new("config file", e.message().to_owned()))?;
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("BOUNCER_"))
+            .collect();
+        vars.sort();
+        for (name, value) in vars {
+            apply_env(&mut table, &name, &value)?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let setting = if path == "." {
+                    "config file".to_owned()
+                } else {
+                    path
+                };
+                ConfigError::new(setting, e.into_inner().message().to_owned())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let sections = [
+            ("kafka", &self.kafka.common),
+            ("kafka.consumer", &self.kafka.consumer),
+            ("kafka.producer", &self.kafka.producer),
+        ];
+        for (section, props) in sections {
+            for key in props.keys() {
+                if OWNED_PROPERTIES.contains(&key.as_str()) {
+                    let hint = match key.as_str() {
+                        "group.id" => "; set the top-level \"group\" instead",
+                        "transactional.id" => "; set the top-level \"transactional_id\" instead",
+                        "auto.offset.reset" => "; set the top-level \"on_missing_offset\" instead",
+                        "isolation.level"
+                        | "enable.idempotence"
+                        | "acks"
+                        | "request.required.acks" => "; choose \"guarantee\" instead",
+                        _ => "",
+                    };
+                    return Err(ConfigError::new(
+                        format!("{section}.\"{key}\""),
+                        format!(
+                            "is set by bouncer to keep its delivery guarantees and cannot be overridden{hint}"
+                        ),
+                    ));
+                }
+            }
+        }
+        let t = &self.topics;
+        for (name, value) in [
+            ("topics.input", &t.input),
+            ("topics.forward", &t.forward),
+            ("topics.results", &t.results),
+            ("topics.retry", &t.retry),
+            ("topics.dead_letter", &t.dead_letter),
+            ("topics.control", &t.control),
+        ] {
+            if value.trim().is_empty() {
+                return Err(ConfigError::new(name, "must name a topic"));
+            }
+        }
+        for (name, value) in [
+            ("topics.forward", &t.forward),
+            ("topics.results", &t.results),
+            ("topics.retry", &t.retry),
+            ("topics.dead_letter", &t.dead_letter),
+            ("topics.control", &t.control),
+        ] {
+            if *value == t.input {
+                return Err(ConfigError::new(
+                    name,
+                    format!(
+                        "must differ from topics.input ({:?}), or events would loop",
+                        t.input
+                    ),
+                ));
+            }
+        }
+        if self.group.trim().is_empty() {
+            return Err(ConfigError::new("group", "must name a consumer group"));
+        }
+        if self.max_event_bytes == 0 {
+            return Err(ConfigError::new("max_event_bytes", "must be at least 1"));
+        }
+        let max_message = self
+            .producer_property("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok());
+        if let Some(max_message) = max_message
+            && self.max_event_bytes + RECORD_OVERHEAD_BYTES > max_message
+        {
+            return Err(ConfigError::new(
+                "max_event_bytes",
+                format!(
+                    "{} plus {RECORD_OVERHEAD_BYTES} bytes for headers and the result entry exceeds the producer's \
+                     message.max.bytes ({max_message}); lower max_event_bytes or raise kafka.producer.\"message.max.bytes\"",
+                    self.max_event_bytes
+                ),
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::new("max_in_flight", "must be at least 1"));
+        }
+        if self
+            .kafka
+            .common
+            .get("bootstrap.servers")
+            .is_none_or(|s| s.trim().is_empty())
+        {
+            return Err(ConfigError::new(
+                "kafka.\"bootstrap.servers\"",
+                "is required (e.g. \"127.0.0.1:9092\", or BOUNCER_KAFKA__BOOTSTRAP_SERVERS)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective value of a producer property: bouncer's default,
+    /// overridden by `[kafka]`, overridden by `[kafka.producer]`.
+    pub fn producer_property(&self, key: &str) -> Option<String> {
+        effective(
+            PRODUCER_DEFAULTS,
+            &self.kafka.common,
+            &self.kafka.producer,
+            key,
+        )
+    }
+
+    /// Properties for producers, defaults first.
+    pub fn producer_properties(&self) -> BTreeMap<String, String> {
+        merged(PRODUCER_DEFAULTS, &self.kafka.common, &self.kafka.producer)
+    }
+
+    /// Properties for consumers, defaults first.
+    pub fn consumer_properties(&self) -> BTreeMap<String, String> {
+        merged(CONSUMER_DEFAULTS, &self.kafka.common, &self.kafka.consumer)
+    }
+}
+
+fn effective(
+    defaults: &[(&str, &str)],
+    common: &BTreeMap<String, String>,
+    specific: &BTreeMap<String, String>,
+    key: &str,
+) -> Option<String> {
+    specific
+        .get(key)
+        .or_else(|| common.get(key))
+        .cloned()
+        .or_else(|| {
+            defaults
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        })
+}
+
+fn merged(
+    defaults: &[(&str, &str)],
+    common: &BTreeMap<String, String>,
+    specific: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = defaults
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
+    out.extend(common.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out.extend(specific.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
+}
+
+/// Applies one `BOUNCER_A__B__C=value` variable to the table.
+fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> Result<(), ConfigError> {
+    let path = &name["BOUNCER_".len()..];
+    let parts: Vec<&str> = path.split("__").collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::new(
+            name,
+            "malformed variable name; use BOUNCER_SECTION__KEY",
+        ));
+    }
+    let mut keys: Vec<String> = parts.iter().map(|p| p.to_ascii_lowercase()).collect();
+    let is_kafka = keys[0] == "kafka";
+    if is_kafka {
+        // Under [kafka], the last part is a librdkafka property: `_` → `.`.
+        let last = keys.len() - 1;
+        if last == 0 {
+            return Err(ConfigError::new(
+                name,
+                "names no property; use BOUNCER_KAFKA__PROPERTY_NAME",
+            ));
+        }
+        keys[last] = keys[last].replace('_', ".");
+    }
+    let (leaf, sections) = keys.split_last().expect("at least one part");
+    let mut current = table;
+    let mut walked = String::new();
+    for section in sections {
+        walked = if walked.is_empty() {
+            section.clone()
+        } else {
+            format!("{walked}.{section}")
+        };
+        let entry = current
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::new(name, format!("{walked} is not a section")))?;
+    }
+    let parsed = if is_kafka {
+        toml::Value::String(value.to_owned())
+    } else {
+        // Numbers and booleans as TOML would read them; anything else is text.
+        toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| !v.is_table())
+            .unwrap_or_else(|| toml::Value::String(value.to_owned()))
+    };
+    current.insert(leaf.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    const MINIMAL: &str = "[kafka]\n\"bootstrap.servers\" = \"127.0.0.1:9092\"\n";
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::from_parts(MINIMAL, env(&[])).unwrap();
+        assert_eq!(c.group, "bouncer");
+        assert_eq!(c.topics.input, "deliveries");
+        assert_eq!(c.topics.control, "bouncer.rules");
+        assert_eq!(c.guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(c.http_listen.port(), 9464);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(20));
+        assert_eq!(
+            c.producer_property("message.max.bytes").as_deref(),
+            Some("2097152")
+        );
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = Config::from_parts(
+            "group = \"a\"\n[topics]\ninput = \"in\"\n",
+            env(&[
+                ("BOUNCER_GROUP", "b"),
+                ("BOUNCER_TOPICS__INPUT", "events"),
+                ("BOUNCER_MAX_EVENT_BYTES", "1000"),
+                ("BOUNCER_KAFKA__BOOTSTRAP_SERVERS", "k:9092"),
+                ("BOUNCER_KAFKA__SASL_PASSWORD", "secret"),
+                ("BOUNCER_KAFKA__CONSUMER__FETCH_MAX_BYTES", "1024"),
+                ("BOUNCER_SHUTDOWN_TIMEOUT", "5s"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.group, "b");
+        assert_eq!(c.topics.input, "events");
+        assert_eq!(c.max_event_bytes, 1000);
+        assert_eq!(c.kafka.common["bootstrap.servers"], "k:9092");
+        assert_eq!(c.kafka.common["sasl.password"], "secret");
+        assert_eq!(c.kafka.consumer["fetch.max.bytes"], "1024");
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.consumer_properties()["fetch.max.bytes"], "1024");
+    }
+
+    #[test]
+    fn owned_properties_are_refused_by_name() {
+        let text = format!("{MINIMAL}[kafka.producer]\nacks = \"1\"\n");
+        let e = Config::from_parts(&text, env(&[])).unwrap_err();
+        assert_eq!(e.setting, "kafka.producer.\"acks\"");
+        let e = Config::from_parts(MINIMAL, env(&[("BOUNCER_KAFKA__GROUP_ID", "x")])).unwrap_err();
+        assert_eq!(e.setting, "kafka.\"group.id\"");
+        assert!(e.message.contains("\"group\""), "{e}");
+    }
+
+    #[test]
+    fn oversize_max_event_bytes_is_refused() {
+        let e = Config::from_parts(MINIMAL, env(&[("BOUNCER_MAX_EVENT_BYTES", "2097152")]))
+            .unwrap_err();
+        assert_eq!(e.setting, "max_event_bytes");
+        assert!(e.message.contains("message.max.bytes"), "{e}");
+        let text = format!("{MINIMAL}[kafka.producer]\n\"message.max.bytes\" = 8388608\n");
+        Config::from_parts(&text, env(&[("BOUNCER_MAX_EVENT_BYTES", "2097152")])).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e =
+            Config::from_parts(&format!("guarantee = \"twice\"\n{MINIMAL}"), env(&[])).unwrap_err();
+        assert_eq!(e.setting, "guarantee");
+        let e = Config::from_parts(&format!("[topics]\ninptu = \"x\"\n{MINIMAL}"), env(&[]))
+            .unwrap_err();
+        assert_eq!(e.setting, "topics.inptu");
+        let e = Config::from_parts(
+            &format!("[topics]\nretry = \"deliveries\"\n{MINIMAL}"),
+            env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "topics.retry");
+        let e = Config::from_parts("", env(&[])).unwrap_err();
+        assert_eq!(e.setting, "kafka.\"bootstrap.servers\"");
+        let e =
+            Config::from_parts(MINIMAL, env(&[("BOUNCER_MAX_EVENT_BYTES", "lots")])).unwrap_err();
+        assert_eq!(e.setting, "max_event_bytes");
+    }
+}
