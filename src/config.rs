@@ -184,6 +184,8 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     // Room for a 1 MiB event plus headers and the appended result.
     ("message.max.bytes", "2097152"),
     ("message.timeout.ms", "300000"),
+    // Keys hash as Java clients do, so by-key records land where they expect.
+    ("partitioner", "murmur2_random"),
 ];
 
 /// bouncer's consumer defaults: a bounded pre-fetch queue.

@@ -8,4 +8,5 @@ pub mod eval;
 pub mod event;
 pub mod reload;
 
+pub mod pipeline;
 pub mod rules;

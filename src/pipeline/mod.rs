@@ -1,0 +1,4 @@
+//! consume → decide → produce.
+
+pub mod offsets;
+pub mod output;
