@@ -3,10 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod eval;
 pub mod event;
+pub mod http;
+pub mod metrics;
 pub mod reload;
 
 pub mod pipeline;
 pub mod rules;
+pub mod run;

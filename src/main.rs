@@ -6,8 +6,10 @@ use std::io::{self, BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bouncer::config::Config;
 use bouncer::event::DEFAULT_MAX_EVENT_BYTES;
 use bouncer::rules::{self, LoadError, RuleSet};
+use bouncer::run::RunError;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The real pipeline end to end on an in-process Kafka mock cluster; needs no setup.
+    Demo {
+        /// The rule directory.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+        /// How many events to generate.
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+    },
+    /// The sidecar: consume delivery events, stop those the rules match, forward the rest.
+    Run {
+        /// Configuration file (TOML); BOUNCER_… environment variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Validate a rule directory as `run` would load it (exit 0 valid, 1 invalid).
     Check {
         /// The rule directory.
@@ -54,6 +71,17 @@ fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config } => run(config),
+        Command::Demo { rules, events } => {
+            init_logging("warn");
+            match bouncer::demo::demo(&rules, events) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Check { dir } => check(&dir),
         Command::Eval {
             rules,
@@ -61,6 +89,39 @@ fn main() -> ExitCode {
             max_event_bytes,
             file,
         } => eval(&rules, at.unwrap_or_else(Utc::now), max_event_bytes, file),
+    }
+}
+
+fn init_logging(default: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .init();
+}
+
+fn run(config: Option<PathBuf>) -> ExitCode {
+    init_logging("info,librdkafka=warn");
+    let config = match Config::load(config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match bouncer::run::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::Config(e)) => {
+            eprintln!("configuration error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("bouncer: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -1,4 +1,812 @@
-//! consume → decide → produce.
+//! consume → decide → produce, at least once.
+//!
+//! One thread runs the loop with a `BaseConsumer`, so rebalance callbacks run
+//! on it too and may block to drain. Each consumed event is decided against
+//! the live rule set, its output records are handed to an idempotent producer
+//! (`acks=all`) without waiting, and the [`offsets::OffsetTracker`] advances a
+//! partition's committable position only over events whose every output is
+//! acknowledged. A bounded window of events is in flight; above it the
+//! partitions are paused while the loop keeps polling, so the group never
+//! evicts a slow instance.
+//!
+//! Failures: a record the broker refuses for good (too large, invalid) is
+//! replaced by a dead letter; any other failed delivery rewinds its input
+//! partition to the first unacknowledged event and re-processes from there,
+//! in order (authorisation and missing-topic errors also pause the
+//! partition for a while and show in `/status`).
 
+pub mod kafka;
 pub mod offsets;
 pub mod output;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+use self::offsets::{OffsetTracker, Ticket};
+use self::output::{Destination, Input, InputHeader, Meta, OutputRecord, Outputs, PartitionChoice};
+use crate::config::{Config, LogOutcomes};
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::reload::RuleStore;
+use crate::rules::Outcome;
+
+/// How long a partition stays paused after an authorisation or
+/// missing-topic error before it is tried again.
+const ERROR_PAUSE: Duration = Duration::from_secs(5);
+/// Pause after a retriable failure, so a dead broker is not hammered.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// What `/status` shows of the pipeline.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PipelineStatus {
+    pub kafka_connected: bool,
+    pub last_kafka_error: Option<String>,
+    pub assigned: Vec<i32>,
+    /// Partitions paused because of a produce error, with the error.
+    pub partition_errors: BTreeMap<i32, String>,
+    pub backpressure: bool,
+    /// End offset minus the next offset to process.
+    pub lag: BTreeMap<i32, i64>,
+    pub in_flight: usize,
+}
+
+/// State shared between the pipeline thread, its client callbacks and the
+/// HTTP server.
+#[derive(Default)]
+pub struct Shared {
+    status: Mutex<PipelineStatus>,
+    /// Set once the pipeline is consuming.
+    pub running: AtomicBool,
+}
+
+impl Shared {
+    pub fn status(&self) -> PipelineStatus {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PipelineStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Pipeline settings that do not come from the configuration file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This instance's name, in result entries.
+    pub instance: String,
+}
+
+/// A delivery in flight: which event it belongs to and where it goes.
+struct Pending {
+    ticket: Ticket,
+    destination: Destination,
+    consumed_at: Instant,
+}
+
+/// A failed delivery, handed from the producer thread to the loop.
+struct Failure {
+    pending: Box<Pending>,
+    error: KafkaError,
+    key: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    payload_len: usize,
+}
+
+struct ProducerCtx {
+    tracker: Arc<Mutex<OffsetTracker>>,
+    failures: Mutex<mpsc::Sender<Failure>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for ProducerCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "kafka producer error");
+    }
+}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        match result {
+            Ok(_) => {
+                let current = lock(&self.tracker).acked(pending.ticket);
+                if current {
+                    self.metrics
+                        .processing_duration
+                        .observe(pending.consumed_at.elapsed().as_secs_f64());
+                }
+            }
+            Err((error, message)) => {
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let failure = Failure {
+                    pending,
+                    error: error.clone(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    headers,
+                    payload_len: message.payload_len(),
+                };
+                let _ = self
+                    .failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .send(failure);
+            }
+        }
+    }
+}
+
+type Producer_ = ThreadedProducer<ProducerCtx>;
+
+struct ConsumerCtx {
+    tracker: Arc<Mutex<OffsetTracker>>,
+    producer: Arc<Producer_>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    input_topic: String,
+    drain_timeout: Duration,
+    backpressure: Arc<AtomicBool>,
+}
+
+impl ClientContext for ConsumerCtx {
+    fn stats(&self, statistics: Statistics) {
+        let mut status = self.shared.lock();
+        status.kafka_connected = statistics.brokers.values().any(|b| b.state == "UP");
+        let Some(topic) = statistics.topics.get(&self.input_topic) else {
+            return;
+        };
+        for partition in &status.assigned.clone() {
+            let Some(p) = topic.partitions.get(partition) else {
+                continue;
+            };
+            let end = if p.ls_offset >= 0 {
+                p.ls_offset
+            } else {
+                p.hi_offset
+            };
+            let next = if p.app_offset >= 0 {
+                p.app_offset
+            } else {
+                p.committed_offset
+            };
+            if end >= 0 && next >= 0 {
+                let lag = (end - next).max(0);
+                status.lag.insert(*partition, lag);
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[&partition.to_string()])
+                    .set(lag);
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "kafka consumer error");
+        let mut status = self.shared.lock();
+        status.last_kafka_error = Some(format!("{error}: {reason}"));
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        ) {
+            status.kafka_connected = false;
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerCtx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                if consumer.assignment_lost() {
+                    // Another member may own these already: committing
+                    // could move its position. Drop them.
+                    tracing::warn!(?partitions, "assignment lost; nothing committed for it");
+                } else {
+                    // Finish what is in flight, then commit the revoked
+                    // partitions so the next owner starts where we stopped.
+                    let _ = self.producer.flush(self.drain_timeout);
+                    let positions: Vec<(i32, i64)> = {
+                        let tracker = lock(&self.tracker);
+                        partitions
+                            .iter()
+                            .filter_map(|&p| tracker.position(p).map(|o| (p, o)))
+                            .collect()
+                    };
+                    commit(
+                        consumer,
+                        &self.input_topic,
+                        &positions,
+                        CommitMode::Sync,
+                        &self.metrics,
+                    );
+                    tracing::info!(?partitions, "partitions revoked after draining");
+                }
+                let mut tracker = lock(&self.tracker);
+                let mut status = self.shared.lock();
+                for p in &partitions {
+                    tracker.remove(*p);
+                    status.lag.remove(p);
+                    status.partition_errors.remove(p);
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[&p.to_string()]);
+                }
+            }
+            Rebalance::Assign(tpl) => {
+                self.metrics.rebalances.with_label_values(&["assign"]).inc();
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(?partitions, "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance
+            && self.backpressure.load(Ordering::Relaxed)
+        {
+            let _ = consumer.pause(tpl);
+        }
+        let assigned = consumer
+            .assignment()
+            .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default();
+        self.shared.lock().assigned = assigned;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn commit(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    topic: &str,
+    positions: &[(i32, i64)],
+    mode: CommitMode,
+    metrics: &Metrics,
+) {
+    if positions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &(partition, offset) in positions {
+        let _ = tpl.add_partition_offset(topic, partition, Offset::Offset(offset));
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => metrics.commits.with_label_values(&["success"]).inc(),
+        Err(e) => {
+            metrics.commits.with_label_values(&["failure"]).inc();
+            tracing::warn!(error = %e, "offset commit failed; it is retried with the next one");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// What a finished run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Summary {
+    pub consumed: u64,
+}
+
+/// Runs the pipeline until `shutdown` is set, then drains, commits and
+/// returns within `config.shutdown_timeout`.
+pub fn run(
+    config: &Config,
+    store: Arc<RuleStore>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    shutdown: Arc<AtomicBool>,
+    options: &Options,
+) -> Result<Summary, PipelineError> {
+    let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+    let (failures_tx, failures) = mpsc::channel();
+    let producer: Arc<Producer_> = Arc::new(kafka::producer_config(config).create_with_context(
+        ProducerCtx {
+            tracker: tracker.clone(),
+            failures: Mutex::new(failures_tx),
+            metrics: metrics.clone(),
+        },
+    )?);
+    let backpressure = Arc::new(AtomicBool::new(false));
+    let mut consumer_config = kafka::consumer_config(config);
+    if consumer_config.get("statistics.interval.ms").is_none() {
+        consumer_config.set("statistics.interval.ms", "1000");
+    }
+    let consumer: BaseConsumer<ConsumerCtx> = consumer_config.create_with_context(ConsumerCtx {
+        tracker: tracker.clone(),
+        producer: producer.clone(),
+        metrics: metrics.clone(),
+        shared: shared.clone(),
+        input_topic: config.topics.input.clone(),
+        drain_timeout: config.shutdown_timeout / 2,
+        backpressure: backpressure.clone(),
+    })?;
+    consumer.subscribe(&[&config.topics.input])?;
+    shared.running.store(true, Ordering::Release);
+    tracing::info!(topic = %config.topics.input, group = %config.group, "consuming");
+
+    let mut pipeline = Loop {
+        config,
+        store,
+        metrics,
+        shared,
+        options,
+        consumer: Arc::new(consumer),
+        producer,
+        tracker,
+        failures,
+        backpressure,
+        paused_until: BTreeMap::new(),
+        summary: Summary::default(),
+    };
+    let mut last_commit = Instant::now();
+    while !shutdown.load(Ordering::Acquire) {
+        pipeline.handle_failures();
+        pipeline.apply_backpressure();
+        pipeline.resume_after_errors();
+        if last_commit.elapsed() >= config.commit_interval {
+            pipeline.commit_progress();
+            last_commit = Instant::now();
+        }
+        let timeout = if pipeline.backpressure.load(Ordering::Relaxed) {
+            5
+        } else {
+            100
+        };
+        let consumer = pipeline.consumer.clone();
+        match consumer.poll(Duration::from_millis(timeout)) {
+            None => {}
+            Some(Ok(message)) => pipeline.process(&message),
+            Some(Err(e)) => pipeline.consumer_error(e),
+        }
+    }
+    pipeline.shut_down();
+    Ok(pipeline.summary)
+}
+
+struct Loop<'c> {
+    config: &'c Config,
+    store: Arc<RuleStore>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    options: &'c Options,
+    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    producer: Arc<Producer_>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    failures: mpsc::Receiver<Failure>,
+    backpressure: Arc<AtomicBool>,
+    /// Partitions paused after an error, and until when.
+    paused_until: BTreeMap<i32, Instant>,
+    summary: Summary,
+}
+
+impl Loop<'_> {
+    fn process(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
+        self.summary.consumed += 1;
+        let consumed_at = Instant::now();
+        let headers: Vec<InputHeader<'_>> = message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        let input = Input {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            value: message.payload(),
+            headers,
+            timestamp: message.timestamp().to_millis(),
+        };
+        let now = Utc::now();
+        let meta = Meta {
+            instance: &self.options.instance,
+            now,
+            forward_partitioning: self.config.forward_partitioning,
+        };
+        let rules = self.store.live().load();
+        let outputs: Outputs<'_> = match Event::parse(
+            input.value.unwrap_or_default(),
+            self.config.max_event_bytes,
+        ) {
+            Err(invalid) => {
+                self.metrics.invalid();
+                tracing::debug!(input = %input.coordinates(), error = %invalid, "invalid event to the dead-letter topic");
+                smallvec::smallvec![output::dead_letter(&input, &invalid)]
+            }
+            Ok(event) => {
+                let decision = rules.decide(&event, now);
+                self.metrics
+                    .decided(decision.outcome, decision.rule, &decision.matched);
+                if let Some(rule) = decision.rule
+                    && decision.outcome != Outcome::Forwarded
+                    && self.config.log_outcomes == LogOutcomes::Each
+                {
+                    let tags: Vec<&str> = event.tags.iter().map(|t| t.as_ref()).collect();
+                    tracing::info!(
+                        outcome = decision.outcome.as_str(),
+                        rule = %rule.id,
+                        code = rule.code,
+                        domain = event.recipient_domain.as_deref().unwrap_or(""),
+                        tags = ?tags,
+                        input = %input.coordinates(),
+                        "delivery stopped"
+                    );
+                }
+                match output::outputs(&input, &decision, &meta) {
+                    Ok(outputs) => outputs,
+                    Err(invalid) => smallvec::smallvec![output::dead_letter(&input, &invalid)],
+                }
+            }
+        };
+        let ticket =
+            lock(&self.tracker).consumed(input.partition, input.offset, outputs.len() as u32);
+        for record in outputs {
+            self.send(record, ticket, consumed_at, &input);
+        }
+    }
+
+    fn topic(&self, destination: Destination) -> &str {
+        let t = &self.config.topics;
+        match destination {
+            Destination::Forward => &t.forward,
+            Destination::Results => &t.results,
+            Destination::Retry => &t.retry,
+            Destination::DeadLetter => &t.dead_letter,
+        }
+    }
+
+    /// Hands one record to the producer. A full local queue waits; a record
+    /// the client refuses at once for good is replaced by a dead letter.
+    fn send(
+        &mut self,
+        record: OutputRecord<'_>,
+        ticket: Ticket,
+        consumed_at: Instant,
+        input: &Input<'_>,
+    ) {
+        let destination = record.destination;
+        let result = self.produce(&record, ticket, consumed_at);
+        if let Err(error) = result {
+            self.metrics
+                .produce_errors
+                .with_label_values(&[self.topic(destination), kind(&error)])
+                .inc();
+            tracing::warn!(input = %input.coordinates(), topic = self.topic(destination), error = %error, "record refused; sending a dead letter instead");
+            let dead = output::dead_letter_unproducible(input, destination, &error.to_string());
+            if self.produce(&dead, ticket, consumed_at).is_err()
+                && let Err(e) = self.produce(&dead.clone().without_value(), ticket, consumed_at)
+            {
+                // Nothing can be written for this event: rewind so it is not
+                // skipped, and pause the partition for a while.
+                tracing::error!(input = %input.coordinates(), error = %e, "dead letter refused too");
+                self.rewind(ticket, &e.to_string(), ERROR_PAUSE);
+            }
+        }
+    }
+
+    fn produce(
+        &self,
+        record: &OutputRecord<'_>,
+        ticket: Ticket,
+        consumed_at: Instant,
+    ) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(
+            record.input_headers.len() + record.bouncer_headers.len(),
+        );
+        for (key, value) in record.headers() {
+            headers = headers.insert(Header { key, value });
+        }
+        let topic = self.topic(record.destination);
+        let mut pending = Box::new(Pending {
+            ticket,
+            destination: record.destination,
+            consumed_at,
+        });
+        loop {
+            let mut base: BaseRecord<'_, [u8], [u8], Box<Pending>> =
+                BaseRecord::with_opaque_to(topic, pending).headers(headers.clone());
+            if let Some(key) = record.key {
+                base = base.key(key);
+            }
+            if let Some(value) = record.value.as_deref() {
+                base = base.payload(value);
+            }
+            if let PartitionChoice::Same(partition) = record.partition {
+                base = base.partition(partition);
+            }
+            if let Some(ts) = record.timestamp {
+                base = base.timestamp(ts);
+            }
+            match self.producer.send(base) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    pending = back.delivery_opaque;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Deals with failed deliveries reported by the producer thread.
+    fn handle_failures(&mut self) {
+        while let Ok(failure) = self.failures.try_recv() {
+            let topic = self.topic(failure.pending.destination).to_owned();
+            self.metrics
+                .produce_errors
+                .with_label_values(&[&topic, kind(&failure.error)])
+                .inc();
+            match classify(&failure.error) {
+                FailureKind::Permanent => {
+                    tracing::warn!(topic, error = %failure.error, "record refused by the broker; sending a dead letter instead");
+                    self.dead_letter_failed(failure);
+                }
+                FailureKind::Blocked => {
+                    let reason = format!("producing to {topic}: {}", failure.error);
+                    self.rewind(failure.pending.ticket, &reason, ERROR_PAUSE);
+                }
+                FailureKind::Retriable => {
+                    let reason = format!("producing to {topic}: {}", failure.error);
+                    self.rewind(failure.pending.ticket, &reason, RETRY_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// A dead letter for an output record the broker refused: its key and
+    /// headers, no value, `bouncer-original-size` and `bouncer-error`.
+    fn dead_letter_failed(&mut self, failure: Failure) {
+        let ticket = failure.pending.ticket;
+        if !lock(&self.tracker).is_current(ticket) {
+            return;
+        }
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &failure.headers {
+            headers = headers.insert(Header {
+                key,
+                value: value.as_deref(),
+            });
+        }
+        let error = format!(
+            "{}: {}: {}",
+            output::PRODUCE_FAILED,
+            failure.pending.destination,
+            failure.error
+        );
+        let size = failure.payload_len.to_string();
+        headers = headers
+            .insert(Header {
+                key: output::HEADER_ORIGINAL_SIZE,
+                value: Some(&size),
+            })
+            .insert(Header {
+                key: output::HEADER_ERROR,
+                value: Some(&error),
+            });
+        let pending = Box::new(Pending {
+            ticket,
+            destination: Destination::DeadLetter,
+            consumed_at: failure.pending.consumed_at,
+        });
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Pending>> =
+            BaseRecord::with_opaque_to(&self.config.topics.dead_letter, pending).headers(headers);
+        if let Some(key) = failure.key.as_deref() {
+            record = record.key(key);
+        }
+        if let Err((e, _)) = self.producer.send(record) {
+            self.rewind(ticket, &format!("dead letter refused: {e}"), ERROR_PAUSE);
+        }
+    }
+
+    /// Re-processes a partition from its first unacknowledged event, after
+    /// pausing it for `pause`.
+    fn rewind(&mut self, ticket: Ticket, reason: &str, pause: Duration) {
+        let Some(from) = lock(&self.tracker).rewind_for(ticket) else {
+            return; // already rewound, or no longer ours
+        };
+        let partition = ticket.partition;
+        tracing::warn!(partition, offset = from, reason, "rewinding partition");
+        let mut tpl = TopicPartitionList::new();
+        let _ = tpl.add_partition(&self.config.topics.input, partition);
+        let _ = self.consumer.pause(&tpl);
+        if let Err(e) = self.consumer.seek(
+            &self.config.topics.input,
+            partition,
+            Offset::Offset(from),
+            Duration::from_secs(10),
+        ) {
+            tracing::error!(partition, error = %e, "seek failed");
+        }
+        self.paused_until.insert(partition, Instant::now() + pause);
+        self.shared
+            .lock()
+            .partition_errors
+            .insert(partition, reason.to_owned());
+        self.metrics
+            .paused_partitions
+            .set(self.paused_until.len() as i64);
+    }
+
+    fn resume_after_errors(&mut self) {
+        let now = Instant::now();
+        let due: Vec<i32> = self
+            .paused_until
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        if due.is_empty() || self.backpressure.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &due {
+            self.paused_until.remove(p);
+            let _ = tpl.add_partition(&self.config.topics.input, *p);
+        }
+        let _ = self.consumer.resume(&tpl);
+        let mut status = self.shared.lock();
+        for p in &due {
+            status.partition_errors.remove(p);
+        }
+        self.metrics
+            .paused_partitions
+            .set(self.paused_until.len() as i64);
+    }
+
+    /// Pauses every partition while too much is in flight, resumes below half.
+    fn apply_backpressure(&mut self) {
+        let in_flight = lock(&self.tracker).in_flight();
+        self.metrics.in_flight.set(in_flight as i64);
+        let paused = self.backpressure.load(Ordering::Relaxed);
+        if !paused && in_flight >= self.config.max_in_flight {
+            if let Ok(assignment) = self.consumer.assignment() {
+                let _ = self.consumer.pause(&assignment);
+            }
+            self.backpressure.store(true, Ordering::Relaxed);
+        } else if paused && in_flight <= self.config.max_in_flight / 2 {
+            if let Ok(assignment) = self.consumer.assignment() {
+                let mut tpl = TopicPartitionList::new();
+                for e in assignment.elements() {
+                    if !self.paused_until.contains_key(&e.partition()) {
+                        let _ = tpl.add_partition(e.topic(), e.partition());
+                    }
+                }
+                let _ = self.consumer.resume(&tpl);
+            }
+            self.backpressure.store(false, Ordering::Relaxed);
+        }
+        let mut status = self.shared.lock();
+        status.in_flight = in_flight;
+        status.backpressure = self.backpressure.load(Ordering::Relaxed);
+    }
+
+    fn commit_progress(&mut self) {
+        let positions = lock(&self.tracker).take_commits();
+        commit(
+            &self.consumer,
+            &self.config.topics.input,
+            &positions,
+            CommitMode::Async,
+            &self.metrics,
+        );
+    }
+
+    fn consumer_error(&mut self, error: KafkaError) {
+        tracing::warn!(error = %error, "consumer error");
+        self.shared.lock().last_kafka_error = Some(error.to_string());
+        if let KafkaError::PartitionEOF(_) = error {
+            return;
+        }
+        // `on_missing_offset = "fail"`: librdkafka reports the partition; it
+        // stays stopped and shows in /status.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// SIGTERM: stop fetching, let in-flight deliveries finish, commit, leave.
+    fn shut_down(&mut self) {
+        let deadline = Instant::now() + self.config.shutdown_timeout.mul_f64(0.8);
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assignment);
+        }
+        tracing::info!("shutting down: draining in-flight events");
+        while lock(&self.tracker).in_flight() > 0 && Instant::now() < deadline {
+            self.handle_failures();
+            let _ = self.consumer.poll(Duration::from_millis(10));
+            self.producer.poll(Duration::from_millis(0));
+        }
+        let _ = self
+            .producer
+            .flush(deadline.saturating_duration_since(Instant::now()));
+        let positions: Vec<(i32, i64)> = {
+            let tracker = lock(&self.tracker);
+            tracker
+                .partitions()
+                .filter_map(|p| tracker.position(p).map(|o| (p, o)))
+                .collect()
+        };
+        commit(
+            &self.consumer,
+            &self.config.topics.input,
+            &positions,
+            CommitMode::Sync,
+            &self.metrics,
+        );
+        let left = lock(&self.tracker).in_flight();
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "shutdown timeout: uncommitted events will be processed again"
+            );
+        }
+        self.consumer.unsubscribe();
+        tracing::info!(consumed = self.summary.consumed, "pipeline stopped");
+    }
+}
+
+enum FailureKind {
+    /// The broker will never take this record: dead-letter it.
+    Permanent,
+    /// Missing topic or no authorisation: pause the partition, retry later.
+    Blocked,
+    /// Anything else: rewind and try again.
+    Retriable,
+}
+
+fn classify(error: &KafkaError) -> FailureKind {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidRecord
+            | C::InvalidMessage
+            | C::InvalidMessageSize
+            | C::InvalidTimestamp
+            | C::PolicyViolation,
+        ) => FailureKind::Permanent,
+        Some(
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::UnknownTopicOrPartition
+            | C::UnknownTopic
+            | C::UnknownPartition,
+        ) => FailureKind::Blocked,
+        _ => FailureKind::Retriable,
+    }
+}
+
+fn kind(error: &KafkaError) -> &'static str {
+    match classify(error) {
+        FailureKind::Permanent => "permanent",
+        FailureKind::Blocked => "blocked",
+        FailureKind::Retriable => "retriable",
+    }
+}

@@ -106,6 +106,32 @@ impl OffsetTracker {
         p.generation
     }
 
+    /// Rewinds the ticket's partition if the ticket is still current, and
+    /// returns where to re-consume from: the earliest event not fully
+    /// acknowledged. `None` for a stale ticket (already rewound or revoked).
+    pub fn rewind_for(&mut self, ticket: Ticket) -> Option<i64> {
+        let p = self.partitions.get(&ticket.partition)?;
+        if p.generation != ticket.generation {
+            return None;
+        }
+        let from = p.pending.front().map(|&(offset, _)| offset)?;
+        self.rewind(ticket.partition);
+        Some(from)
+    }
+
+    /// Whether a ticket belongs to the current generation of a tracked
+    /// partition.
+    pub fn is_current(&self, ticket: Ticket) -> bool {
+        self.partitions
+            .get(&ticket.partition)
+            .is_some_and(|p| p.generation == ticket.generation)
+    }
+
+    /// Partitions currently tracked.
+    pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.partitions.keys().copied()
+    }
+
     /// Stops tracking a revoked partition.
     pub fn remove(&mut self, partition: i32) {
         if let Some(p) = self.partitions.remove(&partition) {
@@ -199,6 +225,22 @@ mod tests {
         let b2 = t.consumed(0, 2, 1);
         assert!(t.acked(b2));
         assert_eq!(t.position(0), Some(3));
+    }
+
+    #[test]
+    fn rewind_for_returns_the_first_unacknowledged_offset_once() {
+        let mut t = OffsetTracker::new();
+        let a = t.consumed(0, 4, 1);
+        let b = t.consumed(0, 5, 1);
+        let c = t.consumed(0, 6, 1);
+        assert!(t.acked(a));
+        assert_eq!(t.rewind_for(c), Some(5), "b is the first not acknowledged");
+        assert_eq!(
+            t.rewind_for(b),
+            None,
+            "a second failure of the same generation is stale"
+        );
+        assert_eq!(t.position(0), Some(5));
     }
 
     #[test]

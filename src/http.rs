@@ -1,0 +1,106 @@
+//! The HTTP listener: `/healthz`, `/readyz`, `/status` and `/metrics`
+//! (SPEC §8). The REST API joins it later.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::metrics::Metrics;
+use crate::pipeline::Shared;
+use crate::reload::RuleStore;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<RuleStore>,
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Arc<Shared>,
+}
+
+impl AppState {
+    /// Start-up is done: a valid rule set is loaded and events flow.
+    pub fn ready(&self) -> bool {
+        self.store.file_rules_loaded() && self.pipeline.running.load(Ordering::Acquire)
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Binds `addr` and serves until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(listener, state, shutdown).await
+}
+
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let reason = if !state.store.file_rules_loaded() {
+            "waiting for a valid rule set\n"
+        } else {
+            "pipeline not started\n"
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
+    }
+}
+
+async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let set = state.store.current();
+    let (files, api) = set.counts();
+    let pipeline = state.pipeline.status();
+    Json(json!({
+        "ready": state.ready(),
+        "rules": {
+            "hash": set.hash(),
+            "file": files,
+            "api": api,
+            "reload": &*state.store.status(),
+        },
+        "kafka": {
+            "connected": pipeline.kafka_connected,
+            "last_error": pipeline.last_kafka_error,
+            "assigned_partitions": pipeline.assigned,
+            "lag": pipeline.lag,
+            "partition_errors": pipeline.partition_errors,
+            "backpressure": pipeline.backpressure,
+            "in_flight": pipeline.in_flight,
+        },
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let store = state.store.clone();
+    let metrics = state.metrics.clone();
+    let body = tokio::task::spawn_blocking(move || metrics.render(&store))
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

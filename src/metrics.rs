@@ -1,0 +1,300 @@
+//! Every metric bouncer exports, defined in one place (SPEC §8).
+//!
+//! Hot-path counters are resolved to their label values once and updated
+//! with one atomic add; per-rule series are created on first match and
+//! removed when the rule leaves the rule set.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::reload::RuleStore;
+use crate::rules::{Mode, Outcome, Rule, RuleSet};
+
+pub struct Metrics {
+    pub registry: Registry,
+    events: IntCounterVec,
+    events_forwarded: IntCounter,
+    events_failed: IntCounter,
+    events_deferred: IntCounter,
+    events_invalid: IntCounter,
+    forced: IntCounterVec,
+    rule_matches: IntCounterVec,
+    rules_active: IntGaugeVec,
+    reload_total: IntCounterVec,
+    reload_last_successful: IntGauge,
+    rules_info: IntGaugeVec,
+    pub processing_duration: Histogram,
+    pub consumer_lag: IntGaugeVec,
+    pub produce_errors: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub paused_partitions: IntGauge,
+    pub rebalances: IntCounterVec,
+    pub commits: IntCounterVec,
+    state: Mutex<ExportState>,
+}
+
+/// What the scrape-time synchronisation remembers between scrapes.
+#[derive(Default)]
+struct ExportState {
+    reloads_exported: (u64, u64),
+    hash: String,
+    /// Label sets of per-rule series created so far: (rule, code, outcome)
+    /// for `bouncer_forced_total`, (rule, mode) for the matches.
+    forced_series: HashSet<(String, String, String)>,
+    match_series: HashSet<(String, String)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let events = counter_vec(
+            &registry,
+            "bouncer_events_total",
+            "Events processed, by outcome.",
+            &["outcome"],
+        );
+        let processing_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "bouncer_processing_duration_seconds",
+                "Time from consuming an event to the acknowledgement of all its outputs.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(processing_duration.clone()))
+            .expect("unique metric");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
+        Metrics {
+            events_forwarded: events.with_label_values(&["forwarded"]),
+            events_failed: events.with_label_values(&["failed"]),
+            events_deferred: events.with_label_values(&["deferred"]),
+            events_invalid: events.with_label_values(&["invalid"]),
+            events,
+            forced: counter_vec(
+                &registry,
+                "bouncer_forced_total",
+                "Deliveries stopped, by winning rule, code and outcome.",
+                &["rule", "code", "outcome"],
+            ),
+            rule_matches: counter_vec(
+                &registry,
+                "bouncer_rule_matches_total",
+                "Matches of every rule, enforce and shadow.",
+                &["rule", "mode"],
+            ),
+            rules_active: gauge_vec(
+                &registry,
+                "bouncer_rules_active",
+                "Rules in force, by source.",
+                &["source"],
+            ),
+            reload_total: counter_vec(
+                &registry,
+                "bouncer_rules_reload_total",
+                "Rule file reload attempts, by result.",
+                &["result"],
+            ),
+            reload_last_successful: gauge(
+                &registry,
+                "bouncer_rules_last_reload_successful",
+                "1 if the last rule file reload succeeded, else 0.",
+            ),
+            rules_info: gauge_vec(
+                &registry,
+                "bouncer_rules_info",
+                "The rule set in force (value 1).",
+                &["hash"],
+            ),
+            processing_duration,
+            consumer_lag: gauge_vec(
+                &registry,
+                "bouncer_consumer_lag",
+                "End offset minus the next offset to process, per assigned partition.",
+                &["partition"],
+            ),
+            produce_errors: counter_vec(
+                &registry,
+                "bouncer_produce_errors_total",
+                "Records whose production failed, by destination topic and kind.",
+                &["topic", "kind"],
+            ),
+            in_flight: gauge(
+                &registry,
+                "bouncer_in_flight_events",
+                "Events consumed and not yet fully acknowledged.",
+            ),
+            paused_partitions: gauge(
+                &registry,
+                "bouncer_paused_partitions",
+                "Input partitions paused for backpressure or errors.",
+            ),
+            rebalances: counter_vec(
+                &registry,
+                "bouncer_rebalances_total",
+                "Partition rebalances seen.",
+                &["kind"],
+            ),
+            commits: counter_vec(
+                &registry,
+                "bouncer_commits_total",
+                "Offset commits, by result.",
+                &["result"],
+            ),
+            state: Mutex::new(ExportState::default()),
+            registry,
+        }
+    }
+
+    /// Counts one decided event: its outcome, its winner, every match.
+    pub fn decided(&self, outcome: Outcome, winner: Option<&Rule>, matched: &[&Rule]) {
+        match outcome {
+            Outcome::Forwarded => self.events_forwarded.inc(),
+            Outcome::Failed => self.events_failed.inc(),
+            Outcome::Deferred => self.events_deferred.inc(),
+        }
+        if matched.is_empty() {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rule) = winner {
+            let key = (
+                rule.id.clone(),
+                rule.code.to_string(),
+                outcome.as_str().to_owned(),
+            );
+            self.forced
+                .with_label_values(&[&key.0, &key.1, &key.2])
+                .inc();
+            state.forced_series.insert(key);
+        }
+        for rule in matched {
+            let mode = match rule.mode {
+                Mode::Enforce => "enforce",
+                Mode::Shadow => "shadow",
+            };
+            self.rule_matches.with_label_values(&[&rule.id, mode]).inc();
+            state
+                .match_series
+                .insert((rule.id.clone(), mode.to_owned()));
+        }
+    }
+
+    pub fn invalid(&self) {
+        self.events_invalid.inc();
+    }
+
+    /// Brings rule and reload series up to date with the store: called at
+    /// scrape time, so the hot path never pays for it.
+    pub fn sync_rules(&self, store: &RuleStore) {
+        let set = store.current();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (files, api) = set.counts();
+        self.rules_active
+            .with_label_values(&["file"])
+            .set(files as i64);
+        self.rules_active
+            .with_label_values(&["api"])
+            .set(api as i64);
+        let (ok, failed) = store.reload_counts();
+        let (ok_before, failed_before) = state.reloads_exported;
+        self.reload_total
+            .with_label_values(&["success"])
+            .inc_by(ok - ok_before);
+        self.reload_total
+            .with_label_values(&["failure"])
+            .inc_by(failed - failed_before);
+        state.reloads_exported = (ok, failed);
+        let status = store.status();
+        self.reload_last_successful
+            .set(i64::from(status.ok || status.last_attempt.is_none()));
+        if state.hash != set.hash() {
+            if !state.hash.is_empty() {
+                let _ = self.rules_info.remove_label_values(&[&state.hash]);
+            }
+            self.rules_info.with_label_values(&[set.hash()]).set(1);
+            state.hash = set.hash().to_owned();
+        }
+        remove_gone_rules(&mut state, &set, &self.forced, &self.rule_matches);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, store: &RuleStore) -> String {
+        self.sync_rules(store);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding never fails");
+        String::from_utf8(out).expect("exposition is UTF-8")
+    }
+
+    /// The current value of `bouncer_events_total{outcome}`.
+    pub fn events(&self, outcome: &str) -> u64 {
+        self.events.with_label_values(&[outcome]).get()
+    }
+}
+
+fn remove_gone_rules(
+    state: &mut ExportState,
+    set: &RuleSet,
+    forced: &IntCounterVec,
+    matches: &IntCounterVec,
+) {
+    state.forced_series.retain(|(rule, code, outcome)| {
+        let keep = set.get(rule).is_some();
+        if !keep {
+            let _ = forced.remove_label_values(&[rule, code, outcome]);
+        }
+        keep
+    });
+    state.match_series.retain(|(rule, mode)| {
+        let keep = set.get(rule).is_some();
+        if !keep {
+            let _ = matches.remove_label_values(&[rule, mode]);
+        }
+        keep
+    });
+}

@@ -1,0 +1,142 @@
+//! `bouncer run`: configuration → rules → HTTP → topic checks → pipeline,
+//! and the signals that steer it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, ConfigError};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Options, Shared, kafka};
+use crate::reload::{ReloadOptions, ReloadTrigger, Reloader, RuleStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Pipeline(#[from] pipeline::PipelineError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// This instance's name: the host (pod) name.
+pub fn instance_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "bouncer".to_owned())
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), RunError> {
+    kafka::check_supported(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bouncer-io")
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Other(format!("cannot start the runtime: {e}")))?;
+    let store = Arc::new(RuleStore::new());
+    let reloader = Reloader::spawn(
+        config.rules_dir.clone(),
+        store.clone(),
+        ReloadOptions::default(),
+    )
+    .map_err(|e| {
+        ConfigError::new(
+            "rules_dir",
+            format!("cannot watch {}: {e}", config.rules_dir.display()),
+        )
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+
+    let _guard = runtime.enter();
+    runtime.spawn(signals(
+        shutdown.clone(),
+        reloader.trigger(),
+        config.shutdown_timeout,
+    ));
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(config.http_listen))
+        .map_err(|e| {
+            ConfigError::new(
+                "http_listen",
+                format!("cannot listen on {}: {e}", config.http_listen),
+            )
+        })?;
+    let state = AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        pipeline: shared.clone(),
+    };
+    runtime.spawn(http::serve_on(listener, state, wait_for(shutdown.clone())));
+    tracing::info!(listen = %config.http_listen, "http listening");
+
+    // Nothing is consumed before a valid rule set is in force (SPEC §6).
+    let started = Instant::now();
+    let mut last_note = Instant::now();
+    while !store.file_rules_loaded() {
+        if shutdown.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if last_note.elapsed() > Duration::from_secs(10) {
+            tracing::warn!(
+                rules_dir = %config.rules_dir.display(),
+                waited_s = started.elapsed().as_secs(),
+                "still waiting for a valid rule set; nothing is consumed until then"
+            );
+            last_note = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kafka::check_topics(&config, true)?;
+    let options = Options {
+        instance: instance_name(),
+    };
+    pipeline::run(&config, store, metrics, shared, shutdown, &options)?;
+    drop(reloader);
+    Ok(())
+}
+
+/// SIGTERM/SIGINT start a graceful shutdown (bounded by `timeout`, after
+/// which the process exits anyway: uncommitted events are re-processed by
+/// the next owner); SIGHUP reloads the rules.
+async fn signals(shutdown: Arc<AtomicBool>, reload: ReloadTrigger, timeout: Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("sighup: reloading rules");
+                reload.reload_now();
+            }
+        }
+    }
+    tracing::info!(timeout_s = timeout.as_secs_f64(), "shutdown requested");
+    shutdown.store(true, Ordering::Release);
+    tokio::time::sleep(timeout).await;
+    tracing::error!("shutdown timeout reached; exiting without a clean drain");
+    std::process::exit(0);
+}
+
+async fn wait_for(flag: Arc<AtomicBool>) {
+    while !flag.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
