@@ -525,31 +525,31 @@ impl Loop<'_> {
         for (key, value) in record.headers() {
             headers = headers.insert(Header { key, value });
         }
-        let topic = self.topic(record.destination);
-        let mut pending = Box::new(Pending {
+        let pending = Box::new(Pending {
             ticket,
             destination: record.destination,
             consumed_at,
         });
+        let mut base: BaseRecord<'_, [u8], [u8], Box<Pending>> =
+            BaseRecord::with_opaque_to(self.topic(record.destination), pending).headers(headers);
+        if let Some(key) = record.key {
+            base = base.key(key);
+        }
+        if let Some(value) = record.value.as_deref() {
+            base = base.payload(value);
+        }
+        if let PartitionChoice::Same(partition) = record.partition {
+            base = base.partition(partition);
+        }
+        if let Some(ts) = record.timestamp {
+            base = base.timestamp(ts);
+        }
         loop {
-            let mut base: BaseRecord<'_, [u8], [u8], Box<Pending>> =
-                BaseRecord::with_opaque_to(topic, pending).headers(headers.clone());
-            if let Some(key) = record.key {
-                base = base.key(key);
-            }
-            if let Some(value) = record.value.as_deref() {
-                base = base.payload(value);
-            }
-            if let PartitionChoice::Same(partition) = record.partition {
-                base = base.partition(partition);
-            }
-            if let Some(ts) = record.timestamp {
-                base = base.timestamp(ts);
-            }
             match self.producer.send(base) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    pending = back.delivery_opaque;
+                    // The local queue is full: wait for deliveries to drain it.
+                    base = back;
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(e),
