@@ -68,7 +68,10 @@ pub fn eval_stream<R: BufRead, W: Write>(
     now: DateTime<Utc>,
     max_event_bytes: usize,
 ) -> io::Result<u64> {
-    let mut line: Vec<u8> = Vec::with_capacity(4096.min(max_event_bytes + 2));
+    // The most a line may hold: the limit plus room for a trailing `\r`
+    // (saturating, so a huge `--max-event-bytes` means "no limit").
+    let keep = max_event_bytes.saturating_add(1);
+    let mut line: Vec<u8> = Vec::with_capacity(4096.min(keep));
     let mut lines = 0u64;
     let mut oversize_len: Option<usize> = None;
     loop {
@@ -92,10 +95,9 @@ pub fn eval_stream<R: BufRead, W: Write>(
             Some(i) => (&chunk[..i], true),
             None => (chunk, false),
         };
-        // Keep at most the limit plus room for a trailing `\r`.
         match oversize_len.as_mut() {
-            Some(total) => *total += part.len(),
-            None if line.len() + part.len() > max_event_bytes + 1 => {
+            Some(total) => *total = total.saturating_add(part.len()),
+            None if line.len() + part.len() > keep => {
                 oversize_len = Some(line.len() + part.len());
                 line.clear();
                 line.shrink_to(4096);

@@ -13,7 +13,9 @@ use bouncer::reload::{ReloadOptions, Reloader, RuleStore};
 const WAIT: Duration = Duration::from_secs(15);
 
 fn rule(id: &str, domain: &str) -> String {
-    format!("[[rule]]\nid = \"{id}\"\ncode = 550\ndescription = \"stop {domain}\"\ndomain = \"{domain}\"\n")
+    format!(
+        "[[rule]]\nid = \"{id}\"\ncode = 550\ndescription = \"stop {domain}\"\ndomain = \"{domain}\"\n"
+    )
 }
 
 fn fast() -> ReloadOptions {
@@ -25,7 +27,8 @@ fn fast() -> ReloadOptions {
 
 fn start(dir: &Path, options: ReloadOptions) -> (Arc<RuleStore>, Reloader) {
     let store = Arc::new(RuleStore::new());
-    let reloader = Reloader::spawn(dir.to_path_buf(), store.clone(), options).expect("watcher starts");
+    let reloader =
+        Reloader::spawn(dir.to_path_buf(), store.clone(), options).expect("watcher starts");
     (store, reloader)
 }
 
@@ -54,7 +57,9 @@ fn editor_write_and_rename_is_picked_up() {
     // What vim and most editors do: write a temporary file, rename it over.
     fs::write(dir.join(".a.toml.swp"), rule("new", "new.example")).unwrap();
     fs::rename(dir.join(".a.toml.swp"), dir.join("a.toml")).unwrap();
-    eventually("renamed file in force", || has(&store, "new") && !has(&store, "old"));
+    eventually("renamed file in force", || {
+        has(&store, "new") && !has(&store, "old")
+    });
 
     // A new file in a new subfolder.
     fs::create_dir(dir.join("sub")).unwrap();
@@ -68,21 +73,35 @@ fn configmap_data_symlink_swap_is_picked_up() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("rules");
     fs::create_dir_all(dir.join("..2026_11_27_10_00_00.1")).unwrap();
-    fs::write(dir.join("..2026_11_27_10_00_00.1/rules.toml"), rule("v1", "v1.example")).unwrap();
+    fs::write(
+        dir.join("..2026_11_27_10_00_00.1/rules.toml"),
+        rule("v1", "v1.example"),
+    )
+    .unwrap();
     symlink("..2026_11_27_10_00_00.1", dir.join("..data")).unwrap();
     symlink("..data/rules.toml", dir.join("rules.toml")).unwrap();
     let (store, _reloader) = start(&dir, fast());
     eventually("initial rules", || has(&store, "v1"));
-    assert_eq!(store.current().len(), 1, "the ..data folder itself is skipped");
+    assert_eq!(
+        store.current().len(),
+        1,
+        "the ..data folder itself is skipped"
+    );
 
     // The kubelet's atomic update: new timestamped folder, new ..data_tmp
     // link renamed over ..data, old folder removed.
     fs::create_dir(dir.join("..2026_11_27_10_05_00.2")).unwrap();
-    fs::write(dir.join("..2026_11_27_10_05_00.2/rules.toml"), rule("v2", "v2.example")).unwrap();
+    fs::write(
+        dir.join("..2026_11_27_10_05_00.2/rules.toml"),
+        rule("v2", "v2.example"),
+    )
+    .unwrap();
     symlink("..2026_11_27_10_05_00.2", dir.join("..data_tmp")).unwrap();
     fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     fs::remove_dir_all(dir.join("..2026_11_27_10_00_00.1")).unwrap();
-    eventually("swapped ConfigMap in force", || has(&store, "v2") && !has(&store, "v1"));
+    eventually("swapped ConfigMap in force", || {
+        has(&store, "v2") && !has(&store, "v1")
+    });
 }
 
 /// git-sync: `link` is retargeted to a new worktree and the old one deleted.
@@ -90,11 +109,21 @@ fn git_sync_swap(rules_below_link: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let worktree = |rev: &str| root.join(".worktrees").join(rev);
-    let rules_in = |rev: &str| if rules_below_link { worktree(rev).join("rules") } else { worktree(rev) };
+    let rules_in = |rev: &str| {
+        if rules_below_link {
+            worktree(rev).join("rules")
+        } else {
+            worktree(rev)
+        }
+    };
     fs::create_dir_all(rules_in("aaa")).unwrap();
     fs::write(rules_in("aaa").join("x.toml"), rule("rev-aaa", "a.example")).unwrap();
     symlink(worktree("aaa"), root.join("current")).unwrap();
-    let dir = if rules_below_link { root.join("current/rules") } else { root.join("current") };
+    let dir = if rules_below_link {
+        root.join("current/rules")
+    } else {
+        root.join("current")
+    };
     let (store, _reloader) = start(&dir, fast());
     eventually("initial rules", || has(&store, "rev-aaa"));
 
@@ -103,7 +132,9 @@ fn git_sync_swap(rules_below_link: bool) {
     symlink(worktree("bbb"), root.join("current.tmp")).unwrap();
     fs::rename(root.join("current.tmp"), root.join("current")).unwrap();
     fs::remove_dir_all(worktree("aaa")).unwrap();
-    eventually("new worktree in force", || has(&store, "rev-bbb") && !has(&store, "rev-aaa"));
+    eventually("new worktree in force", || {
+        has(&store, "rev-bbb") && !has(&store, "rev-aaa")
+    });
 
     // And again, to prove the watches followed the new target.
     fs::create_dir_all(rules_in("ccc")).unwrap();
@@ -111,7 +142,9 @@ fn git_sync_swap(rules_below_link: bool) {
     symlink(worktree("ccc"), root.join("current.tmp")).unwrap();
     fs::rename(root.join("current.tmp"), root.join("current")).unwrap();
     fs::remove_dir_all(worktree("bbb")).unwrap();
-    eventually("second swap in force", || has(&store, "rev-ccc") && !has(&store, "rev-bbb"));
+    eventually("second swap in force", || {
+        has(&store, "rev-ccc") && !has(&store, "rev-bbb")
+    });
     assert!(store.status().ok, "{:?}", store.status());
 }
 
@@ -135,12 +168,18 @@ fn broken_file_leaves_previous_rules_in_force() {
     eventually("initial rules", || has(&store, "good"));
     let good_hash = store.current().hash().to_owned();
 
-    fs::write(dir.join("b.toml"), "[[rule]]\nid = \"typo\"\ncode = 550\ndescription = \"x\"\ndomian = \"x.example\"\n")
-        .unwrap();
+    fs::write(
+        dir.join("b.toml"),
+        "[[rule]]\nid = \"typo\"\ncode = 550\ndescription = \"x\"\ndomian = \"x.example\"\n",
+    )
+    .unwrap();
     eventually("failure recorded", || !store.status().ok);
     let status = store.status();
     let b = dir.join("b.toml");
-    let expected = format!("{}:5:1: unknown key \"domian\" (did you mean \"domain\"?)", b.display());
+    let expected = format!(
+        "{}:5:1: unknown key \"domian\" (did you mean \"domain\"?)",
+        b.display()
+    );
     assert_eq!(status.errors, vec![expected]);
     assert!(has(&store, "good"), "the last good set stays in force");
     assert_eq!(store.current().hash(), good_hash);
@@ -149,7 +188,9 @@ fn broken_file_leaves_previous_rules_in_force() {
 
     // Fixing the file recovers.
     fs::write(dir.join("b.toml"), rule("fixed", "x.example")).unwrap();
-    eventually("fixed set in force", || has(&store, "fixed") && store.status().ok);
+    eventually("fixed set in force", || {
+        has(&store, "fixed") && store.status().ok
+    });
     assert!(has(&store, "good"));
 }
 
@@ -159,14 +200,19 @@ fn missing_rules_dir_is_waited_for() {
     let dir = tmp.path().join("not/yet/rules");
     let (store, _reloader) = start(&dir, fast());
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!store.file_rules_loaded(), "a missing directory is not an empty rule set");
+    assert!(
+        !store.file_rules_loaded(),
+        "a missing directory is not an empty rule set"
+    );
 
     let staging = tmp.path().join("staging");
     fs::create_dir_all(&staging).unwrap();
     fs::write(staging.join("a.toml"), rule("late", "late.example")).unwrap();
     fs::create_dir_all(dir.parent().unwrap()).unwrap();
     fs::rename(&staging, &dir).unwrap();
-    eventually("rules loaded once the directory appears", || store.file_rules_loaded() && has(&store, "late"));
+    eventually("rules loaded once the directory appears", || {
+        store.file_rules_loaded() && has(&store, "late")
+    });
 }
 
 #[test]
@@ -205,7 +251,10 @@ async fn sighup_forces_a_reload() {
     let successes = store.reload_counts().0;
     fs::write(dir.join("a.toml"), rule("after", "a.example")).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    assert!(has(&store, "before"), "nothing reloads on its own with these options");
+    assert!(
+        has(&store, "before"),
+        "nothing reloads on its own with these options"
+    );
 
     let status = std::process::Command::new("kill")
         .args(["-HUP", &std::process::id().to_string()])

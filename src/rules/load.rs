@@ -171,7 +171,10 @@ fn io_error(path: &Path, e: &io::Error) -> LoadError {
 pub fn parse_files(root: &Path, files: &RuleFiles) -> Result<Vec<Rule>, LoadError> {
     let mut rules = Vec::new();
     let mut diags = Vec::new();
-    let mut first_seen: HashMap<String, (PathBuf, usize, usize)> = HashMap::new();
+    // Where each id was first defined: the text and offset, turned into a
+    // line and column only for a duplicate, since counting lines for every
+    // rule made loading quadratic in the size of a file.
+    let mut first_seen: HashMap<String, (PathBuf, &str, usize)> = HashMap::new();
     for (rel, text) in &files.files {
         let display = root.join(rel);
         let diag = |span: Range<usize>, message: String| {
@@ -207,8 +210,8 @@ pub fn parse_files(root: &Path, files: &RuleFiles) -> Result<Vec<Rule>, LoadErro
                         .iter()
                         .find(|(k, _)| k.name == "id")
                         .map_or(rule_span.clone(), |(_, n)| n.span.clone());
-                    let (line, col) = line_col(text, id_span.start);
-                    if let Some((file, l, c)) = first_seen.get(&rule.id) {
+                    if let Some((file, first_text, first_offset)) = first_seen.get(&rule.id) {
+                        let (l, c) = line_col(first_text, *first_offset);
                         diags.push(diag(
                             id_span,
                             format!(
@@ -218,7 +221,7 @@ pub fn parse_files(root: &Path, files: &RuleFiles) -> Result<Vec<Rule>, LoadErro
                             ),
                         ));
                     } else {
-                        first_seen.insert(rule.id.clone(), (display.clone(), line, col));
+                        first_seen.insert(rule.id.clone(), (display.clone(), text, id_span.start));
                         rules.push(rule);
                     }
                 }

@@ -198,7 +198,9 @@ pub fn validate_rule(
         .any(|k| get(k).is_some());
     // An unknown key is most likely a misspelt condition: report the typo,
     // not the "no condition" it causes.
-    let has_unknown_key = table.iter().any(|(k, _)| !RULE_KEYS.contains(&k.name.as_str()));
+    let has_unknown_key = table
+        .iter()
+        .any(|(k, _)| !RULE_KEYS.contains(&k.name.as_str()));
     if !match_all {
         if !has_condition && !has_unknown_key {
             v.errors.push(FieldError {
