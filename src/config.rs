@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::DEFAULT_MAX_EVENT_BYTES;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub group: String,
@@ -30,18 +30,23 @@ pub struct Config {
     pub max_in_flight: usize,
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Most API rules in force at once; a POST of a new rule above it is refused.
+    pub max_api_rules: usize,
+    /// How long an expired API rule stays listed before it is tombstoned.
+    #[serde(with = "humantime_serde")]
+    pub api_expired_retention: Duration,
     pub topics: Topics,
     pub kafka: KafkaConfig,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Guarantee {
     AtLeastOnce,
     ExactlyOnce,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OnMissingOffset {
     Earliest,
@@ -49,7 +54,7 @@ pub enum OnMissingOffset {
     Fail,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Partitioning {
     /// The input's partition number.
@@ -58,14 +63,14 @@ pub enum Partitioning {
     Key,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogOutcomes {
     Each,
     None,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Topics {
     pub input: String,
@@ -77,7 +82,7 @@ pub struct Topics {
 }
 
 /// librdkafka properties: for every client, and for consumers or producers only.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct KafkaConfig {
     #[serde(flatten, deserialize_with = "properties")]
@@ -132,6 +137,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(20),
             max_in_flight: 20_000,
             commit_interval: Duration::from_secs(1),
+            max_api_rules: 10_000,
+            api_expired_retention: Duration::from_secs(24 * 3600),
             topics: Topics::default(),
             kafka: KafkaConfig::default(),
         }

@@ -16,6 +16,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
+use crate::control::ControlState;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Options, Shared, kafka};
@@ -88,10 +89,13 @@ pub fn demo(rules_dir: &Path, events: usize) -> Result<DemoSummary, String> {
         .block_on(tokio::net::TcpListener::bind(config.http_listen))
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let control = Arc::new(ControlState::new());
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
         pipeline: shared.clone(),
+        control: control.clone(),
+        api: None,
     };
     let stop_http = shutdown.clone();
     runtime.spawn(http::serve_on(listener, state, async move {

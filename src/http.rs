@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use crate::api::Api;
+use crate::control::ControlState;
 use crate::metrics::Metrics;
 use crate::pipeline::Shared;
 use crate::reload::RuleStore;
@@ -21,22 +23,33 @@ pub struct AppState {
     pub store: Arc<RuleStore>,
     pub metrics: Arc<Metrics>,
     pub pipeline: Arc<Shared>,
+    pub control: Arc<ControlState>,
+    /// The REST API, when configured.
+    pub api: Option<Api>,
 }
 
 impl AppState {
-    /// Start-up is done: a valid rule set is loaded and events flow.
+    /// Start-up is done: a valid rule set is loaded, the control topic read
+    /// to its end, and events flow.
     pub fn ready(&self) -> bool {
-        self.store.file_rules_loaded() && self.pipeline.running.load(Ordering::Acquire)
+        self.store.file_rules_loaded()
+            && self.control.caught_up.load(Ordering::Acquire)
+            && self.pipeline.running.load(Ordering::Acquire)
     }
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let api = state.api.clone();
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state);
+    match api {
+        Some(api) => router.merge(crate::api::routes(api)),
+        None => router,
+    }
 }
 
 /// Binds `addr` and serves until `shutdown` completes.
@@ -65,6 +78,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         let reason = if !state.store.file_rules_loaded() {
             "waiting for a valid rule set\n"
+        } else if !state.control.caught_up.load(Ordering::Acquire) {
+            "reading the control topic\n"
         } else {
             "pipeline not started\n"
         };
@@ -83,6 +98,11 @@ async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
             "file": files,
             "api": api,
             "reload": &*state.store.status(),
+        },
+        "control": {
+            "caught_up": state.control.caught_up.load(Ordering::Acquire),
+            "api_rules": state.control.api_rule_count(),
+            "rejected_records": state.control.rejected(),
         },
         "kafka": {
             "connected": pipeline.kafka_connected,

@@ -2,7 +2,9 @@
 //! forced-error rules. See `README.md` for the map of the code.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod domain;
 pub mod eval;

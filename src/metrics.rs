@@ -271,6 +271,20 @@ impl Metrics {
         String::from_utf8(out).expect("exposition is UTF-8")
     }
 
+    /// Matches of a rule (enforce or shadow) on this instance since start.
+    pub fn matches_of(&self, rule: &str) -> u64 {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        ["enforce", "shadow"]
+            .iter()
+            .filter(|mode| {
+                state
+                    .match_series
+                    .contains(&(rule.to_owned(), (**mode).to_owned()))
+            })
+            .map(|mode| self.rule_matches.with_label_values(&[rule, mode]).get())
+            .sum()
+    }
+
     /// The current value of `bouncer_events_total{outcome}`.
     pub fn events(&self, outcome: &str) -> u64 {
         self.events.with_label_values(&[outcome]).get()

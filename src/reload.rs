@@ -177,13 +177,32 @@ impl RuleStore {
     }
 }
 
-/// Waits (bounded) until no reader holds the old set, then frees it here.
+/// Hands a replaced set to the reaper thread, which frees it once no
+/// reader holds it any more: dropping 100,000 rules takes milliseconds, and
+/// neither a deciding thread (holding the last reference) nor the publisher
+/// should pay for it.
 fn drop_when_unused(old: Arc<RuleSet>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(5));
-    }
-    drop(old);
+    static REAPER: std::sync::OnceLock<Mutex<mpsc::Sender<Arc<RuleSet>>>> =
+        std::sync::OnceLock::new();
+    let sender = REAPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Arc<RuleSet>>();
+        thread::Builder::new()
+            .name("bouncer-reaper".into())
+            .spawn(move || {
+                let mut held: Vec<Arc<RuleSet>> = Vec::new();
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(20)) {
+                        Ok(set) => held.push(set),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    held.retain(|set| Arc::strong_count(set) > 1);
+                }
+            })
+            .expect("spawn reaper thread");
+        Mutex::new(tx)
+    });
+    let _ = sender.lock().unwrap_or_else(|e| e.into_inner()).send(old);
 }
 
 #[derive(Debug, Clone)]

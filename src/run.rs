@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::api::Api;
+use crate::api::tokens::{self, Tokens};
 use crate::config::{Config, ConfigError};
+use crate::control::{self, ControlState, ControlWriter};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Options, Shared, kafka};
@@ -56,6 +59,24 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::default());
     let shutdown = Arc::new(AtomicBool::new(false));
+    let control = Arc::new(ControlState::new());
+    let tokens = Arc::new(Tokens::default());
+    if !config.api_tokens_file.as_os_str().is_empty() {
+        tokens::watch(config.api_tokens_file.clone(), tokens.clone())
+            .map_err(|e| ConfigError::new("api_tokens_file", e))?;
+    }
+    let writer = ControlWriter::new(&config)
+        .map_err(|e| ConfigError::new("kafka", format!("cannot create a Kafka producer: {e}")))?;
+    let writer = Arc::new(writer);
+    let api = Api {
+        store: store.clone(),
+        control: control.clone(),
+        writer: Some(writer.clone()),
+        tokens,
+        metrics: metrics.clone(),
+        max_event_bytes: config.max_event_bytes,
+        max_api_rules: config.max_api_rules,
+    };
 
     let _guard = runtime.enter();
     runtime.spawn(signals(
@@ -75,6 +96,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         store: store.clone(),
         metrics: metrics.clone(),
         pipeline: shared.clone(),
+        control: control.clone(),
+        api: Some(api),
     };
     runtime.spawn(http::serve_on(listener, state, wait_for(shutdown.clone())));
     tracing::info!(listen = %config.http_listen, "http listening");
@@ -97,6 +120,32 @@ pub fn run(config: Config) -> Result<(), RunError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     kafka::check_topics(&config, true)?;
+
+    // Nor before the API rules of the control topic are in force.
+    let _reader = control::spawn_reader(&config, store.clone(), control.clone(), shutdown.clone())
+        .map_err(|e| {
+            ConfigError::new(
+                "topics.control",
+                format!("cannot read the control topic: {e}"),
+            )
+        })?;
+    let mut last_note = Instant::now();
+    while !control.caught_up.load(Ordering::Acquire) {
+        if shutdown.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if last_note.elapsed() > Duration::from_secs(10) {
+            tracing::warn!(topic = %config.topics.control, "still reading the control topic; nothing is consumed until then");
+            last_note = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    runtime.spawn(control::expire_api_rules(
+        control.clone(),
+        writer.clone(),
+        config.api_expired_retention,
+    ));
+
     let options = Options {
         instance: instance_name(),
     };

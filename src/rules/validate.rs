@@ -68,6 +68,13 @@ pub fn validate_rule(
     origin: Origin,
     source: Source,
 ) -> Result<Rule, Vec<FieldError>> {
+    // `null` means absent (JSON rule files and API bodies may write it).
+    let table: Vec<(Key, Node)> = table
+        .iter()
+        .filter(|(_, node)| node.value != Value::Null)
+        .cloned()
+        .collect();
+    let table = table.as_slice();
     let mut v = Validator {
         errors: Vec::new(),
         origin,
