@@ -15,8 +15,10 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::api::Api;
+use crate::api::tokens::{self, Tokens};
 use crate::config::Config;
-use crate::control::ControlState;
+use crate::control::{self, ControlState, ControlWriter};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Options, Shared, kafka};
@@ -75,7 +77,9 @@ pub fn demo(rules_dir: &Path, events: usize) -> Result<DemoSummary, String> {
     // The mock cluster has no configuration API: existence checks only.
     kafka::check_topics(&config, false).map_err(|e| e.to_string())?;
 
-    let produced = produce_events(&bootstrap, &config.topics.input, events)?;
+    let first_half = events / 2;
+    let mut rng = SplitMix(0x5eed);
+    produce_events(&bootstrap, &config.topics.input, &mut rng, 0..first_half)?;
 
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::default());
@@ -85,17 +89,37 @@ pub fn demo(rules_dir: &Path, events: usize) -> Result<DemoSummary, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let _guard = runtime.enter();
+
+    // The REST API, with a token made for this run, writing to the control
+    // topic that a control reader applies: the same code as `bouncer run`.
+    let control = Arc::new(ControlState::new());
+    let _reader = control::spawn_reader(&config, store.clone(), control.clone(), shutdown.clone())?;
+    let writer = Arc::new(ControlWriter::new(&config).map_err(|e| e.to_string())?);
+    let token = format!(
+        "demo{:016x}",
+        SplitMix(u64::from(std::process::id())).next()
+    );
+    let tokens = tokens::parse(&format!("demo:{token}"))?;
+    let api = Api {
+        store: store.clone(),
+        control: control.clone(),
+        writer: Some(writer),
+        tokens: Arc::new(Tokens::new(Some(tokens))),
+        metrics: metrics.clone(),
+        max_event_bytes: config.max_event_bytes,
+        max_api_rules: config.max_api_rules,
+    };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(config.http_listen))
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let control = Arc::new(ControlState::new());
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
         pipeline: shared.clone(),
         control: control.clone(),
-        api: None,
+        api: Some(api),
     };
     let stop_http = shutdown.clone();
     runtime.spawn(http::serve_on(listener, state, async move {
@@ -103,14 +127,21 @@ pub fn demo(rules_dir: &Path, events: usize) -> Result<DemoSummary, String> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }));
-    println!("bouncer demo: {produced} events on an in-process Kafka mock cluster ({bootstrap})");
+    let deadline = Instant::now() + DEADLINE;
+    while !control.caught_up.load(Ordering::Acquire) {
+        if Instant::now() > deadline {
+            return Err("the control topic was never read".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("bouncer demo: {events} events on an in-process Kafka mock cluster ({bootstrap})");
     println!(
         "  rules: {} ({} rules, hash {})",
         rules_dir.display(),
         store.current().len(),
         store.current().hash()
     );
-    println!("  http:  http://{addr}/status  http://{addr}/metrics");
+    println!("  http:  http://{addr}/status  http://{addr}/metrics  http://{addr}/v1/errors");
 
     let pipeline = {
         let (config, store, metrics, shared, shutdown) = (
@@ -133,20 +164,43 @@ pub fn demo(rules_dir: &Path, events: usize) -> Result<DemoSummary, String> {
             .map(|o| metrics.events(o))
             .sum::<u64>()
     };
-    let deadline = Instant::now() + DEADLINE;
-    while (processed() < produced as u64 || shared.status().in_flight > 0)
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(50));
+    let wait_processed = |n: usize| {
+        while (processed() < n as u64 || shared.status().in_flight > 0) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_processed(first_half);
+
+    // Mid-run, a customer cancels campaign Z: one POST, in force at once.
+    let body = r#"{"tag": "campaign_Z", "code": 550, "status": "5.7.1", "description": "Campaign Z cancelled through the API"}"#;
+    let (status, answer) = http_request(addr, "POST", "/v1/errors", &token, body)?;
+    let id = serde_json::from_str::<serde_json::Value>(&answer)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    println!(
+        "  after {first_half} events: POST /v1/errors {{\"tag\": \"campaign_Z\", \"code\": 550}} -> {status} {id}"
+    );
+    if status != 201 {
+        return Err(format!("the API refused the demo rule: {status} {answer}"));
     }
+
+    produce_events(
+        &bootstrap,
+        &config.topics.input,
+        &mut rng,
+        first_half..events,
+    )?;
+    wait_processed(events);
     shutdown.store(true, Ordering::Release);
     pipeline
         .join()
         .map_err(|_| "the pipeline thread panicked".to_owned())?
         .map_err(|e| e.to_string())?;
-    if processed() < produced as u64 {
+    if processed() < events as u64 {
         return Err(format!(
-            "only {} of {produced} events processed in time",
+            "only {} of {events} events processed in time",
             processed()
         ));
     }
@@ -195,15 +249,19 @@ impl DemoSummary {
     }
 }
 
-fn produce_events(bootstrap: &str, topic: &str, count: usize) -> Result<usize, String> {
+fn produce_events(
+    bootstrap: &str,
+    topic: &str,
+    rng: &mut SplitMix,
+    ids: std::ops::Range<usize>,
+) -> Result<(), String> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .create()
         .map_err(|e| e.to_string())?;
-    let mut rng = SplitMix(0x5eed);
-    for i in 0..count {
-        let (key, value) = generate_event(&mut rng, i);
+    for i in ids {
+        let (key, value) = generate_event(rng, i);
         let headers = OwnedHeaders::new().insert(Header {
             key: "source",
             value: Some("demo"),
@@ -224,8 +282,43 @@ fn produce_events(bootstrap: &str, topic: &str, count: usize) -> Result<usize, S
     }
     producer
         .flush(Duration::from_secs(30))
+        .map_err(|e| e.to_string())
+}
+
+/// A minimal HTTP/1.1 request to the demo's own listener.
+fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    Ok(count)
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad HTTP response: {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// A small deterministic generator: the demo prints the same summary every run.
