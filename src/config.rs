@@ -23,6 +23,15 @@ pub struct Config {
     pub forward_partitioning: Partitioning,
     pub max_event_bytes: usize,
     pub log_outcomes: LogOutcomes,
+    /// `text` (default) or `json`.
+    pub log_format: crate::logging::LogFormat,
+    /// `/status` reports consumption as stalled when there is lag and no
+    /// event has been consumed for this long.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
+    /// Most per-rule metric series; matches of further rules are counted
+    /// under `rule="_other"`.
+    pub max_rule_series: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Most events in flight (consumed, not yet acknowledged) per instance;
@@ -134,6 +143,9 @@ impl Default for Config {
             forward_partitioning: Partitioning::Same,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             log_outcomes: LogOutcomes::Each,
+            log_format: crate::logging::LogFormat::Text,
+            stall_after: Duration::from_secs(60),
+            max_rule_series: 1_000,
             shutdown_timeout: Duration::from_secs(20),
             max_in_flight: 20_000,
             commit_interval: Duration::from_secs(1),

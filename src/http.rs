@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
@@ -40,16 +41,40 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     let api = state.api.clone();
+    let metrics = state.metrics.clone();
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_text))
         .with_state(state);
-    match api {
+    let router = match api {
         Some(api) => router.merge(crate::api::routes(api)),
         None => router,
+    };
+    router.route_layer(middleware::from_fn_with_state(metrics, count_request))
+}
+
+/// Counts every routed request by route template (never the raw path, so
+/// rule ids do not become label values), method and status.
+async fn count_request(
+    State(metrics): State<Arc<Metrics>>,
+    route: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = route.map_or_else(|| "unmatched".to_owned(), |r| r.as_str().to_owned());
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "PATCH") => m,
+        _ => "other",
     }
+    .to_owned();
+    let response = next.run(request).await;
+    metrics
+        .api_requests
+        .with_label_values(&[&route, &method, response.status().as_str()])
+        .inc();
+    response
 }
 
 /// Binds `addr` and serves until `shutdown` completes.
@@ -116,7 +141,10 @@ async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .sync_control(state.control.rejected_total.load(Ordering::Relaxed));
     let store = state.store.clone();
     let metrics = state.metrics.clone();
     let body = tokio::task::spawn_blocking(move || metrics.render(&store))

@@ -10,6 +10,7 @@ pub mod domain;
 pub mod eval;
 pub mod event;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod reload;
 

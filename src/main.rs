@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use bouncer::config::Config;
 use bouncer::event::DEFAULT_MAX_EVENT_BYTES;
+use bouncer::logging::{self, LogFormat};
 use bouncer::rules::{self, LoadError, RuleSet};
 use bouncer::run::RunError;
 use chrono::{DateTime, Utc};
@@ -73,7 +74,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(config),
         Command::Demo { rules, events } => {
-            init_logging("warn");
+            let _logs = logging::init(LogFormat::Text, "warn");
             match bouncer::demo::demo(&rules, events) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -92,19 +93,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
-        .init();
-}
-
 fn run(config: Option<PathBuf>) -> ExitCode {
-    init_logging("info,librdkafka=warn");
     let config = match Config::load(config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -112,6 +101,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let _logs = logging::init(config.log_format, "info,librdkafka=warn");
     match bouncer::run::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunError::Config(e)) => {

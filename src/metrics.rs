@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::reload::RuleStore;
@@ -35,6 +35,16 @@ pub struct Metrics {
     pub paused_partitions: IntGauge,
     pub rebalances: IntCounterVec,
     pub commits: IntCounterVec,
+    pub api_requests: IntCounterVec,
+    control_rejected: IntCounter,
+    reload_last_attempt: Gauge,
+    reload_last_success: Gauge,
+    log_dropped: IntCounter,
+    pub stalled: IntGauge,
+    pub kafka_rtt: GaugeVec,
+    pub kafka_queue: IntGaugeVec,
+    /// Per-rule series allowed before further rules count as `_other`.
+    max_rule_series: usize,
     state: Mutex<ExportState>,
 }
 
@@ -42,10 +52,14 @@ pub struct Metrics {
 #[derive(Default)]
 struct ExportState {
     reloads_exported: (u64, u64),
+    control_rejected_exported: u64,
+    log_dropped_exported: u64,
     hash: String,
     /// Label sets of per-rule series created so far: (rule, code, outcome)
     /// for `bouncer_forced_total`, (rule, mode) for the matches.
     forced_series: HashSet<(String, String, String)>,
+    /// Rule ids that have series of their own (at most the cap).
+    rule_names: HashSet<String>,
     match_series: HashSet<(String, String)>,
 }
 
@@ -54,6 +68,9 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+/// The label under which rules beyond the series cap are counted.
+pub const OTHER_RULE: &str = "_other";
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -71,6 +88,30 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     metric
 }
 
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let metric = Gauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn float_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let metric = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::new(name, help).expect("valid metric");
     registry
@@ -81,6 +122,10 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 
 impl Metrics {
     pub fn new() -> Self {
+        Metrics::with_rule_series_cap(1_000)
+    }
+
+    pub fn with_rule_series_cap(max_rule_series: usize) -> Self {
         let registry = Registry::new();
         let events = counter_vec(
             &registry,
@@ -184,6 +229,50 @@ impl Metrics {
                 "Offset commits, by result.",
                 &["result"],
             ),
+            api_requests: counter_vec(
+                &registry,
+                "bouncer_api_requests_total",
+                "HTTP requests, by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            control_rejected: counter(
+                &registry,
+                "bouncer_control_records_rejected_total",
+                "Control-topic records skipped as invalid or of an unknown version.",
+            ),
+            reload_last_attempt: float_gauge(
+                &registry,
+                "bouncer_rules_last_reload_timestamp_seconds",
+                "Unix time of the last rule file reload attempt.",
+            ),
+            reload_last_success: float_gauge(
+                &registry,
+                "bouncer_rules_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful rule file reload.",
+            ),
+            log_dropped: counter(
+                &registry,
+                "bouncer_log_lines_dropped_total",
+                "Log lines dropped because the log writer could not keep up.",
+            ),
+            stalled: gauge(
+                &registry,
+                "bouncer_consumer_stalled",
+                "1 when there is lag and nothing has been consumed for stall_after.",
+            ),
+            kafka_rtt: float_gauge_vec(
+                &registry,
+                "bouncer_kafka_broker_rtt_seconds",
+                "Average broker round-trip time, from librdkafka statistics.",
+                &["client", "broker"],
+            ),
+            kafka_queue: gauge_vec(
+                &registry,
+                "bouncer_kafka_queue_messages",
+                "Messages in librdkafka's queues: the producer's outgoing queue and the consumer's fetch queue.",
+                &["client"],
+            ),
+            max_rule_series,
             state: Mutex::new(ExportState::default()),
             registry,
         }
@@ -201,11 +290,8 @@ impl Metrics {
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rule) = winner {
-            let key = (
-                rule.id.clone(),
-                rule.code.to_string(),
-                outcome.as_str().to_owned(),
-            );
+            let name = state.rule_label(&rule.id, self.max_rule_series);
+            let key = (name, rule.code.to_string(), outcome.as_str().to_owned());
             self.forced
                 .with_label_values(&[&key.0, &key.1, &key.2])
                 .inc();
@@ -216,10 +302,9 @@ impl Metrics {
                 Mode::Enforce => "enforce",
                 Mode::Shadow => "shadow",
             };
-            self.rule_matches.with_label_values(&[&rule.id, mode]).inc();
-            state
-                .match_series
-                .insert((rule.id.clone(), mode.to_owned()));
+            let name = state.rule_label(&rule.id, self.max_rule_series);
+            self.rule_matches.with_label_values(&[&name, mode]).inc();
+            state.match_series.insert((name, mode.to_owned()));
         }
     }
 
@@ -249,6 +334,18 @@ impl Metrics {
             .inc_by(failed - failed_before);
         state.reloads_exported = (ok, failed);
         let status = store.status();
+        if let Some(t) = status.last_attempt {
+            self.reload_last_attempt
+                .set(t.timestamp_millis() as f64 / 1000.0);
+        }
+        if let Some(t) = status.last_success {
+            self.reload_last_success
+                .set(t.timestamp_millis() as f64 / 1000.0);
+        }
+        let dropped = crate::logging::dropped_lines();
+        self.log_dropped
+            .inc_by(dropped.saturating_sub(state.log_dropped_exported));
+        state.log_dropped_exported = state.log_dropped_exported.max(dropped);
         self.reload_last_successful
             .set(i64::from(status.ok || status.last_attempt.is_none()));
         if state.hash != set.hash() {
@@ -259,6 +356,14 @@ impl Metrics {
             state.hash = set.hash().to_owned();
         }
         remove_gone_rules(&mut state, &set, &self.forced, &self.rule_matches);
+    }
+
+    /// Brings the control-topic counters up to date (at scrape time).
+    pub fn sync_control(&self, rejected_total: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.control_rejected
+            .inc_by(rejected_total.saturating_sub(state.control_rejected_exported));
+        state.control_rejected_exported = state.control_rejected_exported.max(rejected_total);
     }
 
     /// The Prometheus text exposition.
@@ -291,21 +396,37 @@ impl Metrics {
     }
 }
 
+impl ExportState {
+    /// The `rule` label for a rule id: the id itself while under the cap (or
+    /// already exported), else `_other`, so label values stay bounded.
+    fn rule_label(&mut self, id: &str, cap: usize) -> String {
+        if self.rule_names.contains(id) {
+            id.to_owned()
+        } else if self.rule_names.len() < cap {
+            self.rule_names.insert(id.to_owned());
+            id.to_owned()
+        } else {
+            OTHER_RULE.to_owned()
+        }
+    }
+}
+
 fn remove_gone_rules(
     state: &mut ExportState,
     set: &RuleSet,
     forced: &IntCounterVec,
     matches: &IntCounterVec,
 ) {
+    state.rule_names.retain(|rule| set.get(rule).is_some());
     state.forced_series.retain(|(rule, code, outcome)| {
-        let keep = set.get(rule).is_some();
+        let keep = rule == OTHER_RULE || set.get(rule).is_some();
         if !keep {
             let _ = forced.remove_label_values(&[rule, code, outcome]);
         }
         keep
     });
     state.match_series.retain(|(rule, mode)| {
-        let keep = set.get(rule).is_some();
+        let keep = rule == OTHER_RULE || set.get(rule).is_some();
         if !keep {
             let _ = matches.remove_label_values(&[rule, mode]);
         }
