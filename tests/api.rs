@@ -1,0 +1,560 @@
+//! The REST API against the real broker (SPEC §7): rules posted on one
+//! instance are in force on every instance, survive restarts and compaction,
+//! and every documented error answers as documented.
+
+mod kafka_support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use kafka_support::*;
+use serde_json::{Value as Json, json};
+
+const WRITE: &str = "0123456789abcdef-ops";
+const READ: &str = "fedcba9876543210-viewer";
+
+const FILE_RULE: &str = r#"
+[[rule]]
+id = "file-owned"
+code = 550
+description = "owned by git"
+tags = "file_tag"
+"#;
+
+/// A one-shot HTTP/1.1 request; returns the status and the body.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let (content_type, bytes) = body.unwrap_or(("application/json", b""));
+    head.push_str(&format!(
+        "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        bytes.len()
+    ));
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunked(body)
+    } else {
+        body.to_owned()
+    };
+    (code, body)
+}
+
+fn dechunked(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn post(port: u16, body: &Json) -> (u16, Json) {
+    let text = body.to_string();
+    let (code, answer) = request(
+        port,
+        "POST",
+        "/v1/errors",
+        Some(WRITE),
+        Some(("application/json", text.as_bytes())),
+    );
+    (code, serde_json::from_str(&answer).unwrap_or(Json::Null))
+}
+
+fn setup(test: &str) -> Setup {
+    let mut setup = Setup::new(test, &[("git.toml", FILE_RULE)]);
+    let tokens = setup.dir.path().join("tokens");
+    std::fs::write(&tokens, format!("ops:{WRITE}\nviewer:{READ}:read\n")).unwrap();
+    setup.top_level.push(format!(
+        "api_tokens_file = {:?}",
+        tokens.display().to_string()
+    ));
+    setup.create_topics(2);
+    setup
+}
+
+/// Polls `GET path` on `port` until `done(status)`; returns the time taken.
+fn until(port: u16, path: &str, what: &str, done: impl Fn(u16) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (code, _) = request(port, "GET", path, Some(READ), None);
+        if done(code) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn campaign_event(id: &str, campaign: &str) -> Input {
+    let value = event(id, &format!("{id}@example.org"), "pool-a", &[campaign]);
+    Input::new(0, Some(id), value.to_string())
+}
+
+/// Outcome of each event id, read from the forward and results topics.
+fn outcomes(setup: &Setup, expected: usize) -> std::collections::HashMap<String, String> {
+    let t = &setup.topics;
+    let mut reader = Reader::new(&[&t.forward, &t.results]);
+    reader.wait_until(WAIT, "every event decided", |records| {
+        records.len() >= expected
+    });
+    reader
+        .records
+        .iter()
+        .filter_map(|r| Some((id_of(r.value.as_deref())?, r.header("bouncer-outcome")?)))
+        .collect()
+}
+
+#[test]
+fn a_rule_posted_on_one_instance_is_in_force_on_all_and_survives_restarts() {
+    let _serial = serial();
+    let setup = setup("api-cluster");
+    let mut a = setup.start("bouncer-a");
+    let mut b = setup.start("bouncer-b");
+    a.wait_ready();
+    b.wait_ready();
+
+    let (code, rule) = post(
+        a.port,
+        &json!({"code": 550, "tag": "campaign_api", "description": "cancelled via API"}),
+    );
+    assert_eq!(code, 201, "{rule}");
+    let id = rule["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("api-"), "{id}");
+    assert_eq!(rule["created_by"], "ops");
+    assert_eq!(rule["source"], "api");
+    // In force on A already (answered once applied), on B within seconds.
+    assert_eq!(
+        request(a.port, "GET", &format!("/v1/errors/{id}"), Some(READ), None).0,
+        200
+    );
+    let propagation = until(b.port, &format!("/v1/errors/{id}"), "the rule on B", |c| {
+        c == 200
+    });
+    eprintln!("propagation to the second instance: {propagation:?}");
+
+    // Events produced now fail, whichever instance decides them.
+    let producer = TestProducer::new(&setup.topics.input);
+    for n in 0..40 {
+        let mut input = campaign_event(
+            &format!("e{n}"),
+            if n % 2 == 0 { "campaign_api" } else { "other" },
+        );
+        input.partition = n % 2;
+        producer.send(&input);
+    }
+    producer.flush();
+    let seen = outcomes(&setup, 40);
+    for n in 0..40 {
+        let expected = if n % 2 == 0 { "failed" } else { "forwarded" };
+        assert_eq!(
+            seen.get(&format!("e{n}")).map(String::as_str),
+            Some(expected),
+            "event e{n}"
+        );
+    }
+
+    // A DELETE on B ends it on A.
+    let (code, body) = request(
+        b.port,
+        "DELETE",
+        &format!("/v1/errors/{id}"),
+        Some(WRITE),
+        None,
+    );
+    assert_eq!(code, 204, "{body}");
+    until(
+        a.port,
+        &format!("/v1/errors/{id}"),
+        "the delete on A",
+        |c| c == 404,
+    );
+
+    // A file rule cannot be deleted through the API.
+    let (code, body) = request(a.port, "DELETE", "/v1/errors/file-owned", Some(WRITE), None);
+    assert_eq!(code, 409, "{body}");
+    let (code, _) = post(
+        a.port,
+        &json!({"id": "file-owned", "code": 550, "tag": "x"}),
+    );
+    assert_eq!(code, 409);
+
+    // A rule posted while B is down is in force on B before B consumes
+    // anything, even for events produced while it was down.
+    b.terminate();
+    assert!(
+        b.wait_exit(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
+    a.terminate();
+    assert!(
+        a.wait_exit(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
+    let mut c = setup.start("bouncer-c");
+    c.wait_ready();
+    let (code, rule) = post(c.port, &json!({"code": 550, "tag": "campaign_late"}));
+    assert_eq!(code, 201, "{rule}");
+    c.terminate();
+    assert!(
+        c.wait_exit(Duration::from_secs(20))
+            .is_some_and(|s| s.success())
+    );
+    for n in 40..60 {
+        producer.send(&campaign_event(&format!("e{n}"), "campaign_late"));
+    }
+    producer.flush();
+    let mut d = setup.start("bouncer-d");
+    d.wait_ready();
+    let seen = outcomes(&setup, 60);
+    for n in 40..60 {
+        assert_eq!(
+            seen.get(&format!("e{n}")).map(String::as_str),
+            Some("failed"),
+            "event e{n}"
+        );
+    }
+    let listed = request(d.port, "GET", "/v1/errors", Some(READ), None).1;
+    let listed: Json = serde_json::from_str(&listed).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert!(ids.contains(&rule["id"].as_str().unwrap()), "{ids:?}");
+    assert!(
+        !ids.contains(&id.as_str()),
+        "the deleted rule stays deleted: {ids:?}"
+    );
+    assert!(ids.contains(&"file-owned"));
+}
+
+#[test]
+fn invalid_control_records_are_skipped_and_reported_and_compaction_keeps_the_rule_set() {
+    let _serial = serial();
+    let setup = setup("api-control");
+    // Make the control topic compact quickly.
+    kafka_sh(&[
+        "configs",
+        "--alter",
+        "--entity-type",
+        "topics",
+        "--entity-name",
+        &setup.topics.control,
+        "--add-config",
+        "segment.ms=200,min.cleanable.dirty.ratio=0.01,delete.retention.ms=100,min.compaction.lag.ms=0",
+    ]);
+    let mut a = setup.start("bouncer-a");
+    a.wait_ready();
+
+    // Records written by hand: one invalid, one of an unknown version, one valid.
+    let control = TestProducer::new(&setup.topics.control);
+    let raw = |key: &str, value: &str| {
+        let mut input = Input::new(0, Some(key), value.as_bytes().to_vec());
+        input.partition = 0;
+        input
+    };
+    control.send(&raw(
+        "api-bad",
+        r#"{"v": 1, "rule": {"id": "api-bad", "code": 999, "description": "x", "tags": "t"}}"#,
+    ));
+    control.send(&raw("api-future", r#"{"v": 2, "rule": {}}"#));
+    control.send(&raw(
+        "hand-written",
+        r#"{"v": 1, "rule": {"id": "hand-written", "code": 451, "description": "by hand", "domain": "hand.example"}, "created_by": "ops", "created_at": "2026-11-27T10:00:00Z"}"#,
+    ));
+    control.flush();
+    until(
+        a.port,
+        "/v1/errors/hand-written",
+        "the valid hand-written record",
+        |c| c == 200,
+    );
+    let status = a.status().unwrap();
+    let rejected: Vec<&str> = status["control"]["rejected_records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["key"].as_str())
+        .collect();
+    assert!(
+        rejected.contains(&"api-bad") && rejected.contains(&"api-future"),
+        "{status}"
+    );
+    let metrics = a.metrics();
+    assert!(
+        metric(&metrics, "bouncer_control_records_rejected_total", &[]).unwrap_or(0.0) >= 2.0,
+        "rejections are counted"
+    );
+
+    // Churn: replace and delete rules so compaction has work to do.
+    for n in 0..5 {
+        let (code, _) = post(
+            a.port,
+            &json!({"id": "churn", "code": 550, "tag": format!("t{n}")}),
+        );
+        assert_eq!(code, 201);
+    }
+    let (code, kept) = post(a.port, &json!({"code": 550, "domain": "kept.example"}));
+    assert_eq!(code, 201);
+    let (code, gone) = post(a.port, &json!({"code": 550, "domain": "gone.example"}));
+    assert_eq!(code, 201);
+    let gone = gone["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        request(
+            a.port,
+            "DELETE",
+            &format!("/v1/errors/{gone}"),
+            Some(WRITE),
+            None
+        )
+        .0,
+        204
+    );
+    let hash_before = a.status().unwrap()["rules"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let written = end_offsets(&setup.topics.control).values().sum::<i64>();
+
+    // Wait until the cleaner has compacted the log (fewer records than written).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // A record after segment.ms rolls the active segment so it can be cleaned.
+        std::thread::sleep(Duration::from_millis(300));
+        let (code, _) = post(a.port, &json!({"id": "roller", "code": 550, "tag": "roll"}));
+        assert_eq!(code, 201);
+        let mut reader = Reader::new(&[&setup.topics.control]);
+        reader.read_to_end();
+        if (reader.records.len() as i64) < written {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the control topic was never compacted"
+        );
+    }
+    let (code, _) = request(a.port, "DELETE", "/v1/errors/roller", Some(WRITE), None);
+    assert_eq!(code, 204);
+    let hash_before_restart = a.status().unwrap()["rules"]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(hash_before, hash_before_restart, "roller added and removed");
+    a.terminate();
+    assert!(a.wait_exit(Duration::from_secs(20)).is_some());
+
+    let mut b = setup.start("bouncer-b");
+    b.wait_ready();
+    let status = b.status().unwrap();
+    assert_eq!(
+        status["rules"]["hash"].as_str().unwrap(),
+        hash_before,
+        "{status}"
+    );
+    assert_eq!(
+        until(
+            b.port,
+            &format!("/v1/errors/{}", kept["id"].as_str().unwrap()),
+            "kept",
+            |c| c == 200
+        ) < WAIT,
+        true
+    );
+    assert_eq!(
+        request(
+            b.port,
+            "GET",
+            &format!("/v1/errors/{gone}"),
+            Some(READ),
+            None
+        )
+        .0,
+        404
+    );
+    let churn: Json =
+        serde_json::from_str(&request(b.port, "GET", "/v1/errors/churn", Some(READ), None).1)
+            .unwrap();
+    assert_eq!(churn["tags"], json!(["t4"]), "the last write of a key wins");
+}
+
+#[test]
+fn every_documented_error() {
+    let _serial = serial();
+    let setup = setup("api-errors");
+    let mut a = setup.start("bouncer-a");
+    a.wait_ready();
+    let port = a.port;
+    let field = |body: &Json| body["field"].as_str().map(str::to_owned);
+
+    for (body, expected) in [
+        (json!({"code": 600, "tag": "x"}), "code"),
+        (json!({"code": "five", "tag": "x"}), "code"),
+        (json!({"code": 550, "mta": "198.51.100.0/33"}), "mta"),
+        (
+            json!({"code": 550, "tag": "x", "domian": "a.example"}),
+            "domian",
+        ),
+        (json!({"code": 550, "tag": "x", "ip": "203.0.113.7"}), "ip"),
+        (
+            json!({"code": 550, "tag": "x", "cluster": false}),
+            "cluster",
+        ),
+    ] {
+        let (code, answer) = post(port, &body);
+        assert_eq!(code, 400, "{body} -> {answer}");
+        assert_eq!(
+            field(&answer).as_deref(),
+            Some(expected),
+            "{body} -> {answer}"
+        );
+    }
+    let (code, answer) = post(port, &json!({"code": 550}));
+    assert_eq!(code, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("no condition"),
+        "{answer}"
+    );
+    let (code, _) = request(
+        port,
+        "POST",
+        "/v1/errors",
+        Some(WRITE),
+        Some(("application/json", b"{not json")),
+    );
+    assert_eq!(code, 400);
+
+    // Form bodies, MailerQ style.
+    let (code, answer) = request(
+        port,
+        "POST",
+        "/v1/errors",
+        Some(WRITE),
+        Some((
+            "application/x-www-form-urlencoded",
+            b"code=451&domain=form.example&extended=4.7.1",
+        )),
+    );
+    assert_eq!(code, 201, "{answer}");
+
+    // Tokens.
+    assert_eq!(request(port, "GET", "/v1/errors", None, None).0, 401);
+    assert_eq!(
+        request(
+            port,
+            "GET",
+            "/v1/errors",
+            Some("wrong-token-wrong-token"),
+            None
+        )
+        .0,
+        401
+    );
+    let body = json!({"code": 550, "tag": "x"}).to_string();
+    let (code, _) = request(
+        port,
+        "POST",
+        "/v1/errors",
+        Some(READ),
+        Some(("application/json", body.as_bytes())),
+    );
+    assert_eq!(code, 403);
+    assert_eq!(
+        request(port, "DELETE", "/v1/errors/file-owned", Some(READ), None).0,
+        403
+    );
+    let (code, answer) = request(
+        port,
+        "POST",
+        "/v1/evaluate",
+        Some(READ),
+        Some(("application/json", br#"{"recipient": "a@form.example"}"#)),
+    );
+    assert_eq!(code, 200, "read tokens may evaluate");
+    assert_eq!(
+        serde_json::from_str::<Json>(&answer).unwrap()["outcome"],
+        "deferred"
+    );
+
+    // Sizes and unknown ids.
+    let big = format!(
+        r#"{{"code": 550, "tag": "x", "description": "{}"}}"#,
+        "a".repeat(70 * 1024)
+    );
+    assert_eq!(
+        request(
+            port,
+            "POST",
+            "/v1/errors",
+            Some(WRITE),
+            Some(("application/json", big.as_bytes()))
+        )
+        .0,
+        413
+    );
+    assert_eq!(
+        request(port, "GET", "/v1/errors/nope", Some(READ), None).0,
+        404
+    );
+    assert_eq!(
+        request(port, "DELETE", "/v1/errors/nope", Some(WRITE), None).0,
+        404
+    );
+
+    // No tokens configured: /v1 is unavailable, the rest works.
+    let mut plain = Setup::new("api-notokens", &[("git.toml", FILE_RULE)]);
+    plain
+        .top_level
+        .retain(|l| !l.starts_with("api_tokens_file"));
+    plain.create_topics(1);
+    let mut b = plain.start("bouncer-b");
+    b.wait_ready();
+    assert_eq!(
+        request(b.port, "GET", "/v1/errors", Some(WRITE), None).0,
+        503
+    );
+    assert_eq!(b.get("/healthz").unwrap().0, 200);
+
+    // Kafka down: writes answer 503 with Retry-After, never hang or 500.
+    if broker_is_managed() {
+        assert!(kafka_sh(&["stop"]).success());
+        let started = Instant::now();
+        let (code, answer) = post(port, &json!({"code": 550, "tag": "while-down"}));
+        let took = started.elapsed();
+        let _restart = kafka_sh(&["start"]);
+        assert_eq!(code, 503, "{answer}");
+        assert!(took < Duration::from_secs(20), "answered in {took:?}");
+    }
+}
