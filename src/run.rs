@@ -56,7 +56,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             format!("cannot watch {}: {e}", config.rules_dir.display()),
         )
     })?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_rule_series_cap(config.max_rule_series));
     let shared = Arc::new(Shared::default());
     let shutdown = Arc::new(AtomicBool::new(false));
     let control = Arc::new(ControlState::new());
@@ -119,7 +119,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    kafka::check_topics(&config, true)?;
+    let config = kafka::check_topics(&config, true)?.fit(config);
 
     // Nor before the API rules of the control topic are in force.
     let _reader = control::spawn_reader(&config, store.clone(), control.clone(), shutdown.clone())

@@ -59,10 +59,29 @@ pub fn check_supported(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// librdkafka's `batch.size` when nobody sets it.
+const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
+
 /// What the start-up checks learnt about the topics.
 #[derive(Debug, Clone)]
 pub struct TopicLayout {
     pub input_partitions: usize,
+    /// A producer `batch.size` that keeps every batch within the output
+    /// topics' `max.message.bytes`, when librdkafka's default is above it.
+    pub batch_size: Option<usize>,
+}
+
+impl TopicLayout {
+    /// `config` with what the topics require applied.
+    pub fn fit(&self, mut config: Config) -> Config {
+        if let Some(size) = self.batch_size {
+            config
+                .kafka
+                .producer
+                .insert("batch.size".into(), size.to_string());
+        }
+        config
+    }
 }
 
 /// Checks the topics before anything is consumed (SPEC §5): input, forward,
@@ -132,7 +151,92 @@ pub fn check_topics(
         partitions(&t.control).is_some(),
         check_control_config,
     )?;
-    Ok(TopicLayout { input_partitions })
+    let batch_size = if check_control_config {
+        batch_size_for(config, &admin)?
+    } else {
+        None
+    };
+    Ok(TopicLayout {
+        input_partitions,
+        batch_size,
+    })
+}
+
+/// The broker refuses a whole batch larger than the topic's
+/// `max.message.bytes`, and librdkafka never splits it: every record batched
+/// with an oversize one would fail with it and go to the dead-letter topic.
+/// A `batch.size` below the smallest limit of the output topics keeps an
+/// oversize record alone in its batch, so that only it is refused. Returns
+/// the `batch.size` to use when librdkafka's default is too large; a larger
+/// `batch.size` set by the user is an error naming it.
+fn batch_size_for(
+    config: &Config,
+    admin: &AdminClient<DefaultClientContext>,
+) -> Result<Option<usize>, ConfigError> {
+    let t = &config.topics;
+    let outputs = [&t.forward, &t.results, &t.retry, &t.dead_letter];
+    let resources: Vec<ResourceSpecifier<'_>> = outputs
+        .iter()
+        .map(|name| ResourceSpecifier::Topic(name))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime");
+    let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
+    let results = runtime
+        .block_on(admin.describe_configs(&resources, &options))
+        .map_err(|e| {
+            ConfigError::new("topics", format!("cannot describe the output topics: {e}"))
+        })?;
+    let smallest = outputs
+        .iter()
+        .zip(results)
+        .filter_map(|(name, result)| {
+            let limit = result
+                .ok()?
+                .get("max.message.bytes")?
+                .value
+                .as_deref()?
+                .parse::<usize>()
+                .ok()?;
+            Some((limit, *name))
+        })
+        .min();
+    let Some((limit, topic)) = smallest else {
+        return Ok(None);
+    };
+    // Room for a batch's header and for compression that cannot shrink the
+    // records (lz4 adds up to 1/255 of the input).
+    let fits = limit.saturating_sub(limit / 100 + 1024).max(1);
+    let setting = if config.kafka.producer.contains_key("batch.size") {
+        "kafka.producer.\"batch.size\""
+    } else {
+        "kafka.\"batch.size\""
+    };
+    match config.producer_property("batch.size") {
+        Some(set) => match set.parse::<usize>() {
+            Ok(set) if set > limit => Err(ConfigError::new(
+                setting,
+                format!(
+                    "is {set}, but topic \"{topic}\" takes batches of at most {limit} bytes \
+                     (max.message.bytes); a larger batch is refused whole, with every record in it; \
+                     set it to at most {fits}"
+                ),
+            )),
+            _ => Ok(None),
+        },
+        None if LIBRDKAFKA_BATCH_SIZE > fits => {
+            tracing::info!(
+                topic,
+                max_message_bytes = limit,
+                batch_size = fits,
+                "producer batches limited to the output topics' max.message.bytes"
+            );
+            Ok(Some(fits))
+        }
+        None => Ok(None),
+    }
 }
 
 fn admin_config(config: &Config) -> ClientConfig {

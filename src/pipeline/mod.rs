@@ -102,7 +102,8 @@ struct Failure {
     error: KafkaError,
     key: Option<Vec<u8>>,
     headers: Vec<(String, Option<Vec<u8>>)>,
-    payload_len: usize,
+    /// The refused record's value, so its dead letter can keep it.
+    payload: Option<Vec<u8>>,
 }
 
 struct ProducerCtx {
@@ -144,7 +145,7 @@ impl ProducerContext for ProducerCtx {
                     error: error.clone(),
                     key: message.key().map(<[u8]>::to_vec),
                     headers,
-                    payload_len: message.payload_len(),
+                    payload: message.payload().map(<[u8]>::to_vec),
                 };
                 let _ = self
                     .failures
@@ -582,11 +583,20 @@ impl Loop<'_> {
         }
     }
 
-    /// A dead letter for an output record the broker refused: its key and
-    /// headers, no value, `bouncer-original-size` and `bouncer-error`.
+    /// A dead letter for an output record the broker refused: its key,
+    /// headers and value with `bouncer-error` (SPEC §3: the value unchanged
+    /// unless it cannot be produced). A dead letter refused in turn is sent
+    /// again without its value, with `bouncer-original-size`; if even that
+    /// is refused, the partition is rewound and paused rather than skipped.
     fn dead_letter_failed(&mut self, failure: Failure) {
         let ticket = failure.pending.ticket;
         if !lock(&self.tracker).is_current(ticket) {
+            return;
+        }
+        let refused_dead_letter = failure.pending.destination == Destination::DeadLetter;
+        if refused_dead_letter && failure.payload.is_none() {
+            let reason = format!("dead letter refused: {}", failure.error);
+            self.rewind(ticket, &reason, ERROR_PAUSE);
             return;
         }
         let mut headers = OwnedHeaders::new();
@@ -596,22 +606,27 @@ impl Loop<'_> {
                 value: value.as_deref(),
             });
         }
+        let size = failure.payload.as_ref().map_or(0, Vec::len).to_string();
         let error = format!(
             "{}: {}: {}",
             output::PRODUCE_FAILED,
             failure.pending.destination,
             failure.error
         );
-        let size = failure.payload_len.to_string();
-        headers = headers
-            .insert(Header {
+        let value = if refused_dead_letter {
+            // Its headers already say why it is a dead letter.
+            headers = headers.insert(Header {
                 key: output::HEADER_ORIGINAL_SIZE,
                 value: Some(&size),
-            })
-            .insert(Header {
+            });
+            None
+        } else {
+            headers = headers.insert(Header {
                 key: output::HEADER_ERROR,
                 value: Some(&error),
             });
+            failure.payload.as_deref()
+        };
         let pending = Box::new(Pending {
             ticket,
             destination: Destination::DeadLetter,
@@ -621,6 +636,9 @@ impl Loop<'_> {
             BaseRecord::with_opaque_to(&self.config.topics.dead_letter, pending).headers(headers);
         if let Some(key) = failure.key.as_deref() {
             record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
         }
         if let Err((e, _)) = self.producer.send(record) {
             self.rewind(ticket, &format!("dead letter refused: {e}"), ERROR_PAUSE);

@@ -24,6 +24,16 @@ struct Partition {
     generation: u64,
 }
 
+impl Partition {
+    fn new(last_generation: &mut u64) -> Partition {
+        *last_generation += 1;
+        Partition {
+            generation: *last_generation,
+            ..Partition::default()
+        }
+    }
+}
+
 /// Handle for one consumed event, carried by its outputs' delivery reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ticket {
@@ -36,6 +46,10 @@ pub struct Ticket {
 pub struct OffsetTracker {
     partitions: HashMap<i32, Partition>,
     in_flight: usize,
+    /// Generations are unique across partitions and re-assignments, so a
+    /// late delivery report from before a revoke never counts for the same
+    /// offset consumed again after the partition comes back.
+    last_generation: u64,
 }
 
 impl OffsetTracker {
@@ -46,7 +60,11 @@ impl OffsetTracker {
     /// Records a consumed event that will produce `outputs` records.
     /// Offsets of a partition must be handed in increasing order.
     pub fn consumed(&mut self, partition: i32, offset: i64, outputs: u32) -> Ticket {
-        let p = self.partitions.entry(partition).or_default();
+        let last_generation = &mut self.last_generation;
+        let p = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| Partition::new(last_generation));
         debug_assert!(
             p.pending.back().is_none_or(|&(last, _)| last < offset),
             "offsets out of order"
@@ -99,10 +117,15 @@ impl OffsetTracker {
     /// generation; the caller seeks the consumer back to [`Self::position`]
     /// (or the last committed offset) and re-processes from there.
     pub fn rewind(&mut self, partition: i32) -> u64 {
-        let p = self.partitions.entry(partition).or_default();
+        let last_generation = &mut self.last_generation;
+        let p = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| Partition::new(last_generation));
         self.in_flight -= p.pending.len();
         p.pending.clear();
-        p.generation += 1;
+        *last_generation += 1;
+        p.generation = *last_generation;
         p.generation
     }
 
@@ -241,6 +264,22 @@ mod tests {
             "a second failure of the same generation is stale"
         );
         assert_eq!(t.position(0), Some(5));
+    }
+
+    #[test]
+    fn acks_from_before_a_revoke_do_not_count_after_reassignment() {
+        // Assignment lost while records are in flight; the partition comes
+        // back and the same offsets are consumed again. The late report of
+        // the old retry record must not stand in for the new result record.
+        let mut t = OffsetTracker::new();
+        let old = t.consumed(2, 7, 2);
+        t.remove(2);
+        let new = t.consumed(2, 7, 2);
+        assert!(!t.acked(old), "a report from the lost assignment is stale");
+        assert!(t.acked(new));
+        assert_eq!(t.position(2), None, "one of two outputs acknowledged");
+        assert!(t.acked(new));
+        assert_eq!(t.position(2), Some(8));
     }
 
     #[test]

@@ -1,0 +1,1205 @@
+//! Support for the tests that run the real `bouncer` binary against the real
+//! broker of `scripts/kafka.sh`: topics, a producer, a reader of output
+//! topics, the child process and its HTTP endpoints.
+//!
+//! Kafka tests share one broker and run one at a time ([`serial`]); every
+//! topic and group name is unique per test run, so other test binaries
+//! running at the same time never collide with them.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+use tempfile::TempDir;
+
+/// Generous bound for anything the broker or bouncer should do "soon".
+pub const WAIT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// The broker.
+// ---------------------------------------------------------------------------
+
+/// The broker's address: `$KAFKA_BOOTSTRAP`, or the broker of
+/// `scripts/kafka.sh start` (run once per test binary) on 127.0.0.1:9092.
+pub fn bootstrap() -> &'static str {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP.get_or_init(|| {
+        if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP")
+            && !b.trim().is_empty()
+        {
+            return b;
+        }
+        let status = kafka_sh(&["start"]);
+        assert!(
+            status.success(),
+            "scripts/kafka.sh start failed ({status}); set KAFKA_BOOTSTRAP to use another broker"
+        );
+        "127.0.0.1:9092".to_owned()
+    })
+}
+
+/// Runs `scripts/kafka.sh ARGS`, its output going to the test's output.
+pub fn kafka_sh(args: &[&str]) -> ExitStatus {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+    Command::new(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .status()
+        .expect("scripts/kafka.sh runs")
+}
+
+/// Whether the broker on [`bootstrap`] is the one `scripts/kafka.sh`
+/// manages (so a test may stop and start it).
+pub fn broker_is_managed() -> bool {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+    Command::new(script)
+        .arg("status")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("running:")
+        })
+}
+
+/// Held for the whole of a Kafka test: see [`serial`].
+pub struct Serial {
+    _broker: Option<BrokerLock>,
+    _thread: MutexGuard<'static, ()>,
+}
+
+/// Kafka tests of one test binary run one at a time; hold this guard for
+/// the whole test. It also takes a shared lock that other processes running
+/// these tests take too (someone else's `cargo test` on the same machine), so
+/// that a test restarting the broker ([`serial_exclusive`]) waits for them.
+pub fn serial() -> Serial {
+    let thread = thread_lock();
+    let serial = Serial {
+        _broker: BrokerLock::acquire(false),
+        _thread: thread,
+    };
+    ensure_broker();
+    serial
+}
+
+/// Like [`serial`], but alone on the broker: no Kafka test of any process
+/// runs meanwhile. For tests that stop the broker.
+pub fn serial_exclusive() -> Serial {
+    let thread = thread_lock();
+    let serial = Serial {
+        _broker: BrokerLock::acquire(true),
+        _thread: thread,
+    };
+    ensure_broker();
+    serial
+}
+
+/// Starts the broker of `scripts/kafka.sh` again if it no longer answers
+/// (another process on this machine may have stopped it since this binary
+/// started); a broker given by `$KAFKA_BOOTSTRAP` elsewhere is left alone.
+fn ensure_broker() {
+    let address = bootstrap();
+    let port = std::env::var("KAFKA_PORT").unwrap_or_else(|_| "9092".into());
+    let ours = address == format!("127.0.0.1:{port}");
+    let answers = address
+        .parse()
+        .ok()
+        .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok())
+        .is_some();
+    if ours && !answers {
+        eprintln!("the broker on {address} does not answer; starting it");
+        assert!(kafka_sh(&["start"]).success(), "scripts/kafka.sh start");
+    }
+}
+
+fn thread_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A machine-wide reader-writer lock: an flock(1) child holding
+/// `$TMPDIR/bouncer-kafka-tests.lock` until its standard input closes, which
+/// also happens when the test process dies.
+struct BrokerLock(Child);
+
+impl BrokerLock {
+    fn acquire(exclusive: bool) -> Option<BrokerLock> {
+        let path = std::env::temp_dir().join("bouncer-kafka-tests.lock");
+        let mut child = Command::new("flock")
+            .arg(if exclusive { "--exclusive" } else { "--shared" })
+            .args(["--timeout", "900"])
+            .arg(&path)
+            .args(["-c", "echo locked; exec cat >/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?; // without flock(1), only this process is serialised
+        let mut line = [0u8; 7];
+        let locked = child
+            .stdout
+            .as_mut()
+            .is_some_and(|out| out.read_exact(&mut line).is_ok() && &line == b"locked\n");
+        assert!(locked, "could not lock {}", path.display());
+        Some(BrokerLock(child))
+    }
+}
+
+impl Drop for BrokerLock {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// A name no other test run uses: `<prefix>-<pid>-<time>-<counter>`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos()
+        % 1_000_000_000_000;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn admin() -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client")
+}
+
+/// One topic to create: name, partitions, topic configs.
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    pub config: &'a [(&'a str, &'a str)],
+}
+
+/// Creates topics and waits until the broker's metadata shows them.
+pub fn create_topics(specs: &[TopicSpec<'_>]) {
+    let admin = admin();
+    let topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|s| {
+            let mut t = NewTopic::new(s.name, s.partitions, TopicReplication::Fixed(1));
+            for (k, v) in s.config {
+                t = t.set(k, v);
+            }
+            t
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = block_on(admin.create_topics(&topics, &options)).expect("create topics");
+    for r in results {
+        if let Err((name, code)) = r {
+            panic!("cannot create topic {name}: {code}");
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .expect("metadata");
+        let ready = specs.iter().all(|s| {
+            metadata.topics().iter().any(|t| {
+                t.name() == s.name
+                    && t.error().is_none()
+                    && t.partitions().len() == s.partitions as usize
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            })
+        });
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topics not visible in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The partition count of a topic.
+pub fn partitions_of(topic: &str) -> i32 {
+    let admin = admin();
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    metadata.topics()[0].partitions().len() as i32
+}
+
+/// The committed offsets of `group` on `topic`, per partition (-1: none).
+pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    try_committed(group, topic).unwrap_or_else(|e| panic!("committed offsets of {group}: {e}"))
+}
+
+fn try_committed(group: &str, topic: &str) -> Result<BTreeMap<i32, i64>, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Error)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions_of(topic) {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => -1,
+            };
+            (e.partition(), offset)
+        })
+        .collect())
+}
+
+/// The end (high watermark) offsets of `topic`, per partition.
+pub fn end_offsets(topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("consumer");
+    (0..partitions_of(topic))
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            (p, high)
+        })
+        .collect()
+}
+
+/// Waits until `group` has committed the end of every partition of `topic`:
+/// at least once, every input's outputs are then acknowledged.
+pub fn wait_committed_to_end(group: &str, topic: &str, timeout: Duration) {
+    let end = end_offsets(topic);
+    let deadline = Instant::now() + timeout;
+    loop {
+        // Right after a broker restart the coordinator may not answer yet.
+        let c = try_committed(group, topic).unwrap_or_default();
+        if end
+            .iter()
+            .all(|(p, &e)| e == 0 || c.get(p).copied() == Some(e))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} did not commit the end of {topic}: end {end:?}, committed {c:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Producing input.
+// ---------------------------------------------------------------------------
+
+/// Counts delivery reports.
+#[derive(Default)]
+pub struct Deliveries {
+    pub ok: AtomicUsize,
+    pub failed: AtomicUsize,
+    pub last_error: Mutex<Option<String>>,
+}
+
+#[derive(Clone, Default)]
+pub struct DeliveryCtx(pub Arc<Deliveries>);
+
+impl ClientContext for DeliveryCtx {}
+
+impl ProducerContext for DeliveryCtx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.0.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.0.failed.fetch_add(1, Ordering::Relaxed);
+                *self.0.last_error.lock().unwrap() = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// One input record.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: Option<i64>,
+}
+
+impl Input {
+    pub fn new(partition: i32, key: Option<&str>, value: impl Into<Vec<u8>>) -> Input {
+        Input {
+            partition,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            value: Some(value.into()),
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+}
+
+/// An idempotent producer for test input; it survives a broker restart
+/// (long message timeout).
+pub struct TestProducer {
+    producer: BaseProducer<DeliveryCtx>,
+    pub deliveries: Arc<Deliveries>,
+    topic: String,
+}
+
+impl TestProducer {
+    pub fn new(topic: &str) -> TestProducer {
+        let ctx = DeliveryCtx::default();
+        let deliveries = ctx.0.clone();
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "180000")
+            .set("message.max.bytes", "4000000")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Error)
+            .create_with_context(ctx)
+            .expect("producer");
+        TestProducer {
+            producer,
+            deliveries,
+            topic: topic.to_owned(),
+        }
+    }
+
+    pub fn send(&self, input: &Input) {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in &input.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8], ()> =
+            BaseRecord::to(&self.topic).partition(input.partition);
+        if !input.headers.is_empty() {
+            record = record.headers(headers);
+        }
+        if let Some(k) = &input.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &input.value {
+            record = record.payload(v.as_slice());
+        }
+        if let Some(ts) = input.timestamp {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Waits until every record sent is acknowledged; panics on a failure.
+    pub fn flush(&self) {
+        self.producer
+            .flush(Duration::from_secs(180))
+            .expect("input flushed");
+        let failed = self.deliveries.failed.load(Ordering::Relaxed);
+        assert_eq!(
+            failed,
+            0,
+            "input records failed: {:?}",
+            self.deliveries.last_error.lock().unwrap()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading topics back.
+// ---------------------------------------------------------------------------
+
+/// One record read back.
+#[derive(Debug, Clone)]
+pub struct Rec {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: Option<i64>,
+}
+
+impl Rec {
+    /// The last value of header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// `bouncer-input`: which input this record is for.
+    pub fn input(&self) -> String {
+        self.header("bouncer-input")
+            .unwrap_or_else(|| panic!("record without bouncer-input: {self:?}"))
+    }
+
+    pub fn coordinates(&self) -> String {
+        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.value.as_deref().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", self.coordinates()))
+    }
+}
+
+/// Reads topics from the beginning, every partition, `read_committed`.
+pub struct Reader {
+    consumer: BaseConsumer,
+    partitions: Vec<(String, i32)>,
+    /// Next offset to read per (topic, partition).
+    next: HashMap<(String, i32), i64>,
+    pub records: Vec<Rec>,
+}
+
+impl Reader {
+    pub fn new(topics: &[&str]) -> Reader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", "100")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Error)
+            .create()
+            .expect("reader");
+        let mut tpl = TopicPartitionList::new();
+        let mut partitions = Vec::new();
+        for topic in topics {
+            for p in 0..partitions_of(topic) {
+                tpl.add_partition_offset(topic, p, Offset::Beginning)
+                    .expect("add partition");
+                partitions.push(((*topic).to_owned(), p));
+            }
+        }
+        consumer.assign(&tpl).expect("assign");
+        Reader {
+            consumer,
+            partitions,
+            next: HashMap::new(),
+            records: Vec::new(),
+        }
+    }
+
+    /// Polls for up to `d`; returns how many records arrived.
+    pub fn poll_for(&mut self, d: Duration) -> usize {
+        let deadline = Instant::now() + d;
+        let mut n = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.consumer.poll(left.min(Duration::from_millis(100))) {
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    self.next
+                        .insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+                    self.records.push(Rec {
+                        topic: m.topic().to_owned(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers,
+                        timestamp: m.timestamp().to_millis(),
+                    });
+                    n += 1;
+                    continue; // drain what is there before looking at the clock
+                }
+                Some(Err(e)) => panic!("reading: {e}"),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return n;
+            }
+        }
+    }
+
+    /// Polls until `done(records)` holds; panics after `timeout` with `what`.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut done: impl FnMut(&[Rec]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.records) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for: {what} ({} records read)",
+                self.records.len()
+            );
+            self.poll_for(Duration::from_millis(200));
+        }
+    }
+
+    /// Reads until every partition is read up to its current end.
+    pub fn read_to_end(&mut self) {
+        let mut end = HashMap::new();
+        for (topic, p) in &self.partitions {
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(topic, *p, Duration::from_secs(10))
+                .expect("watermarks");
+            end.insert((topic.clone(), *p), high);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let behind: Vec<_> = end
+                .iter()
+                .filter(|(tp, high)| {
+                    **high > 0 && self.next.get(*tp).copied().unwrap_or(0) < **high
+                })
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "could not read to the end: {behind:?}"
+            );
+            self.poll_for(Duration::from_millis(200));
+        }
+    }
+
+    pub fn of<'r>(&'r self, topic: &'r str) -> impl Iterator<Item = &'r Rec> + 'r {
+        self.records.iter().filter(move |r| r.topic == topic)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The topics and configuration of one test.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub input: String,
+    pub forward: String,
+    pub results: String,
+    pub retry: String,
+    pub dead_letter: String,
+    pub control: String,
+}
+
+/// A tempdir, unique topic and group names, and config files for one test.
+pub struct Setup {
+    pub dir: TempDir,
+    pub name: String,
+    pub topics: Topics,
+    pub group: String,
+    pub rules_dir: PathBuf,
+    /// Extra top-level settings (`key = value` lines).
+    pub top_level: Vec<String>,
+    /// Extra `[kafka]`, `[kafka.consumer]`, `[kafka.producer]` lines.
+    pub kafka: Vec<String>,
+    pub consumer: Vec<String>,
+    pub producer: Vec<String>,
+    configs: AtomicUsize,
+}
+
+impl Setup {
+    /// Names for `test`; the rule directory exists with `rules` in it.
+    pub fn new(test: &str, rules: &[(&str, &str)]) -> Setup {
+        let name = unique(test);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules_dir = dir.path().join("rules");
+        let setup = Setup {
+            topics: Topics {
+                input: format!("{name}.in"),
+                forward: format!("{name}.accepted"),
+                results: format!("{name}.results"),
+                retry: format!("{name}.retry"),
+                dead_letter: format!("{name}.invalid"),
+                control: format!("{name}.rules"),
+            },
+            group: format!("{name}.group"),
+            name,
+            rules_dir,
+            dir,
+            top_level: vec![
+                "shutdown_timeout = \"10s\"".into(),
+                "commit_interval = \"500ms\"".into(),
+            ],
+            kafka: Vec::new(),
+            consumer: vec![
+                "\"session.timeout.ms\" = 6000".into(),
+                "\"heartbeat.interval.ms\" = 1000".into(),
+            ],
+            producer: Vec::new(),
+            configs: AtomicUsize::new(0),
+        };
+        write_rules(&setup.rules_dir, rules);
+        setup
+    }
+
+    /// Creates input, forward, results, retry and dead-letter topics
+    /// (`partitions` each, forward and retry one more) and the compacted
+    /// control topic.
+    pub fn create_topics(&self, partitions: i32) {
+        let t = &self.topics;
+        create_topics(&[
+            TopicSpec {
+                name: &t.input,
+                partitions,
+                config: &[],
+            },
+            TopicSpec {
+                name: &t.forward,
+                partitions: partitions + 1,
+                config: &[],
+            },
+            TopicSpec {
+                name: &t.results,
+                partitions,
+                config: &[],
+            },
+            TopicSpec {
+                name: &t.retry,
+                partitions: partitions + 1,
+                config: &[],
+            },
+            TopicSpec {
+                name: &t.dead_letter,
+                partitions: 2,
+                config: &[],
+            },
+            TopicSpec {
+                name: &t.control,
+                partitions: 1,
+                config: &[("cleanup.policy", "compact")],
+            },
+        ]);
+    }
+
+    /// Writes a configuration file listening on `port`; returns its path.
+    pub fn config_file(&self, port: u16) -> PathBuf {
+        let t = &self.topics;
+        let mut text = format!(
+            "group = {group:?}\nrules_dir = {rules:?}\nhttp_listen = \"127.0.0.1:{port}\"\n",
+            group = self.group,
+            rules = self.rules_dir.display().to_string(),
+        );
+        for line in &self.top_level {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "\n[topics]\ninput = {:?}\nforward = {:?}\nresults = {:?}\nretry = {:?}\ndead_letter = {:?}\ncontrol = {:?}\n",
+            t.input, t.forward, t.results, t.retry, t.dead_letter, t.control
+        ));
+        text.push_str(&format!(
+            "\n[kafka]\n\"bootstrap.servers\" = {:?}\n",
+            bootstrap()
+        ));
+        for line in &self.kafka {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("\n[kafka.consumer]\n");
+        for line in &self.consumer {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("\n[kafka.producer]\n");
+        for line in &self.producer {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let n = self.configs.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.path().join(format!("bouncer-{n}.toml"));
+        fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Starts `bouncer run` with a fresh configuration file; `instance`
+    /// names it (HOSTNAME, log file).
+    pub fn start(&self, instance: &str) -> Bouncer {
+        let port = free_port();
+        let config = self.config_file(port);
+        Bouncer::spawn(
+            &config,
+            port,
+            &self.dir.path().join(format!("{instance}.log")),
+            instance,
+        )
+    }
+}
+
+pub fn write_rules(dir: &Path, files: &[(&str, &str)]) {
+    for (rel, text) in files {
+        let path = dir.join(rel);
+        fs::create_dir_all(path.parent().expect("parent")).expect("rules dir");
+        fs::write(&path, text).expect("write rule file");
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+// ---------------------------------------------------------------------------
+// The bouncer process.
+// ---------------------------------------------------------------------------
+
+/// A running `bouncer run`; killed when dropped, even on panic (its log is
+/// printed then).
+pub struct Bouncer {
+    child: Child,
+    pub port: u16,
+    pub instance: String,
+    log: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Bouncer {
+    pub fn spawn(config: &Path, port: u16, log: &Path, instance: &str) -> Bouncer {
+        let open = |path: &Path| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("log file")
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_bouncer"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("HOSTNAME", instance)
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .env_remove("BOUNCER_GROUP")
+            .stdin(Stdio::null())
+            .stdout(open(&log.with_extension("stdout")))
+            .stderr(open(log))
+            .spawn()
+            .expect("bouncer starts");
+        Bouncer {
+            child,
+            port,
+            instance: instance.to_owned(),
+            log: log.to_owned(),
+            exit: None,
+        }
+    }
+
+    /// What the process wrote to stderr (its log).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().expect("try_wait");
+        }
+        self.exit
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.exited() {
+                panic!(
+                    "{} exited ({status}) before it was ready:\n{}",
+                    self.instance,
+                    self.log()
+                );
+            }
+            if self.get("/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready in time:\n{}",
+                self.instance,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until this instance has partitions assigned (`/status`).
+    pub fn wait_assigned(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.exited() {
+                panic!("{} exited ({status}):\n{}", self.instance, self.log());
+            }
+            if let Some(s) = self.status()
+                && s["kafka"]["assigned_partitions"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} got no partitions",
+                self.instance
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until this instance has decided at least `n` events
+    /// (`bouncer_events_total`, every outcome).
+    pub fn wait_processed(&mut self, n: f64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.exited() {
+                panic!("{} exited ({status}):\n{}", self.instance, self.log());
+            }
+            let text = self.metrics();
+            let done: f64 = ["forwarded", "failed", "deferred", "invalid"]
+                .iter()
+                .filter_map(|o| metric(&text, "bouncer_events_total", &[("outcome", o)]))
+                .sum();
+            if done >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} processed only {done} events",
+                self.instance
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// GET `path` on the HTTP listener: status code and body.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let (code, body) = self.get("/status")?;
+        (code == 200).then(|| serde_json::from_str(&body).expect("/status is JSON"))
+    }
+
+    pub fn metrics(&self) -> String {
+        let (code, body) = self.get("/metrics").expect("/metrics answers");
+        assert_eq!(code, 200, "/metrics: {body}");
+        body
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -TERM {} failed", self.pid());
+    }
+
+    /// SIGKILL, and reap the process.
+    pub fn kill(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            self.exit = Some(self.child.wait().expect("wait"));
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "---- last lines of {} ({}) ----",
+                self.instance,
+                self.log.display()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A one-shot HTTP/1.1 GET on 127.0.0.1:`port`; `None` if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some((code, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition;
+/// labels must match exactly.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let got: BTreeMap<&str, &str> = label_text
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .filter_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect();
+            (got == want).then(|| value.parse().ok())?
+        })
+}
+
+// ---------------------------------------------------------------------------
+// Events.
+// ---------------------------------------------------------------------------
+
+/// A MailerQ-style delivery event with a unique `id`.
+pub fn event(id: &str, recipient: &str, pool: &str, tags: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "envelope": "bounces@mail.shop.example",
+        "recipient": recipient,
+        "pool": pool,
+        "ips": ["203.0.113.5", "203.0.113.6"],
+        "tags": tags,
+        "maxdelivertime": "2099-01-01 00:00:00",
+        "maxattempts": 5,
+        "results": [],
+        "mime": format!("From: news@shop.example\r\nTo: {recipient}\r\nSubject: {id}\r\n\r\nHello!"),
+    })
+}
+
+/// The `id` field of an event value, if it is a JSON object with one.
+pub fn id_of(value: Option<&[u8]>) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(value?).ok()?;
+    v.get("id")?.as_str().map(str::to_owned)
+}
+
+/// Events produced at a steady pace by a background thread.
+pub struct Feed {
+    handle: Option<std::thread::JoinHandle<usize>>,
+    pub sent: Arc<AtomicUsize>,
+}
+
+impl Feed {
+    /// Sends `total` events to `topic` over about `duration`, spread over
+    /// `partitions`; each forwarded except every 7th (failed by a rule
+    /// on the tag `campaign_X`+`customer_Y`, if the test has one).
+    pub fn start(
+        topic: &str,
+        prefix: &str,
+        partitions: i32,
+        total: usize,
+        duration: Duration,
+    ) -> Feed {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let topic = topic.to_owned();
+        let prefix = prefix.to_owned();
+        let handle = std::thread::spawn(move || {
+            let producer = TestProducer::new(&topic);
+            let started = Instant::now();
+            for n in 0..total {
+                let due = duration.mul_f64(n as f64 / total as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                let tags: &[&str] = if n.is_multiple_of(7) {
+                    &["campaign_X", "customer_Y"]
+                } else {
+                    &["newsletter"]
+                };
+                let id = format!("{prefix}-{n}");
+                let value = event(&id, &format!("user{n}@example.org"), "dedicated-1", tags);
+                let key = format!("rcpt-{}", n % 23);
+                let mut input = Input::new(n as i32 % partitions, Some(&key), value.to_string());
+                input
+                    .headers
+                    .push(("trace-id".into(), Some(id.into_bytes())));
+                producer.send(&input);
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            producer.flush();
+            total
+        });
+        Feed {
+            handle: Some(handle),
+            sent,
+        }
+    }
+
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the feed to finish and returns how many it sent.
+    pub fn join(mut self) -> usize {
+        self.handle
+            .take()
+            .expect("joined once")
+            .join()
+            .expect("feed thread")
+    }
+}
+
+/// Every input record of `topic`, by `topic/partition/offset`.
+pub fn inputs_by_coordinates(topic: &str) -> BTreeMap<String, Rec> {
+    let mut reader = Reader::new(&[topic]);
+    reader.read_to_end();
+    reader
+        .records
+        .into_iter()
+        .map(|r| (r.coordinates(), r))
+        .collect()
+}
+
+/// Checks that every input has its outputs: each coordinate of `inputs`
+/// appears in the `bouncer-input` of at least one record of `outputs`, and
+/// no output names an input that does not exist. Returns the number of
+/// duplicated (input, topic) pairs.
+pub fn assert_no_loss(inputs: &BTreeMap<String, Rec>, outputs: &[Rec]) -> usize {
+    let mut seen: HashMap<String, HashMap<&str, usize>> = HashMap::new();
+    for r in outputs {
+        let input = r.input();
+        assert!(
+            inputs.contains_key(&input),
+            "output {} names an unknown input {input}",
+            r.coordinates()
+        );
+        *seen.entry(input).or_default().entry(&r.topic).or_default() += 1;
+    }
+    let missing: Vec<&String> = inputs.keys().filter(|c| !seen.contains_key(*c)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} inputs have no output (lost), e.g. {:?}",
+        missing.len(),
+        inputs.len(),
+        &missing[..missing.len().min(10)]
+    );
+    seen.values()
+        .flat_map(|per_topic| per_topic.values())
+        .filter(|&&n| n > 1)
+        .count()
+}

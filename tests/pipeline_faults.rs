@@ -1,0 +1,168 @@
+//! At least once under faults (SPEC §6), against a real broker: bouncer
+//! killed mid-stream, the broker restarted mid-stream, and a second instance
+//! joining and the first leaving the group mid-stream. Afterwards every
+//! input has its output; duplicates are counted and allowed.
+
+mod kafka_support;
+
+use std::time::{Duration, Instant};
+
+use kafka_support::{
+    Feed, Reader, Setup, WAIT, assert_no_loss, broker_is_managed, inputs_by_coordinates, kafka_sh,
+    metric, serial, wait_committed_to_end,
+};
+
+const RULES: &str = r#"
+[[rule]]
+id = "cancel-campaign-x"
+code = 550
+status = "5.7.1"
+description = "Campaign X cancelled by the customer"
+tags = ["campaign_X", "customer_Y"]
+"#;
+
+/// Waits until the feed has sent at least `n` events.
+fn wait_sent(feed: &Feed, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while feed.sent() < n {
+        assert!(Instant::now() < deadline, "feed stalled at {}", feed.sent());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// After the feed is done: the group commits the end of the input, and
+/// every input has an output. Returns the number of duplicates.
+fn check_no_loss(setup: &Setup, total: usize) -> usize {
+    let t = &setup.topics;
+    wait_committed_to_end(&setup.group, &t.input, Duration::from_secs(90));
+    let inputs = inputs_by_coordinates(&t.input);
+    assert_eq!(
+        inputs.len(),
+        total,
+        "every event produced is in the input topic"
+    );
+    let mut reader = Reader::new(&[&t.forward, &t.results, &t.retry, &t.dead_letter]);
+    reader.read_to_end();
+    let duplicates = assert_no_loss(&inputs, &reader.records);
+    assert_eq!(reader.of(&t.dead_letter).count(), 0, "no dead letters");
+    assert_eq!(reader.of(&t.retry).count(), 0, "no retries");
+    eprintln!(
+        "{}: {total} inputs, {} outputs, {duplicates} duplicated",
+        setup.name,
+        reader.records.len()
+    );
+    duplicates
+}
+
+#[test]
+fn sigkill_mid_stream_loses_nothing() {
+    let _serial = serial();
+    let setup = Setup::new("sigkill", &[("r.toml", RULES)]);
+    setup.create_topics(4);
+    let t = setup.topics.clone();
+    let mut bouncer = setup.start("sigkill-0");
+    bouncer.wait_ready();
+    let feed = Feed::start(&t.input, "kill", 4, 9000, Duration::from_secs(24));
+
+    for round in 1..=3 {
+        wait_sent(&feed, round * 2000);
+        bouncer.wait_processed(300.0);
+        bouncer.kill();
+        // The killed member's partitions go to the next one once its session
+        // (6 s) expires.
+        bouncer = setup.start(&format!("sigkill-{round}"));
+        bouncer.wait_ready();
+    }
+    let total = feed.join();
+    check_no_loss(&setup, total);
+    bouncer.terminate();
+    assert!(
+        bouncer
+            .wait_exit(Duration::from_secs(15))
+            .is_some_and(|s| s.success())
+    );
+}
+
+/// Starts the broker again when dropped, so a failing test never leaves it
+/// down.
+struct BrokerGuard;
+
+impl Drop for BrokerGuard {
+    fn drop(&mut self) {
+        let _ = kafka_sh(&["start"]);
+    }
+}
+
+#[test]
+fn broker_restart_mid_stream_loses_nothing() {
+    let _serial = kafka_support::serial_exclusive();
+    kafka_support::bootstrap();
+    if !broker_is_managed() {
+        eprintln!("skipped: the broker on KAFKA_BOOTSTRAP is not managed by scripts/kafka.sh");
+        return;
+    }
+    let setup = Setup::new("broker-restart", &[("r.toml", RULES)]);
+    setup.create_topics(4);
+    let t = setup.topics.clone();
+    let mut bouncer = setup.start("broker-restart");
+    bouncer.wait_ready();
+    let feed = Feed::start(&t.input, "restart", 4, 6000, Duration::from_secs(20));
+    wait_sent(&feed, 1500);
+    bouncer.wait_processed(500.0);
+    {
+        let _guard = BrokerGuard;
+        assert!(kafka_sh(&["restart"]).success(), "scripts/kafka.sh restart");
+    }
+    let total = feed.join();
+    check_no_loss(&setup, total);
+    assert!(
+        bouncer.exited().is_none(),
+        "bouncer survived the broker restart"
+    );
+    bouncer.terminate();
+    assert!(
+        bouncer
+            .wait_exit(Duration::from_secs(15))
+            .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
+fn instances_joining_and_leaving_mid_stream_lose_nothing() {
+    let _serial = serial();
+    let setup = Setup::new("rebalance", &[("r.toml", RULES)]);
+    setup.create_topics(6);
+    let t = setup.topics.clone();
+    let mut a = setup.start("rebalance-a");
+    a.wait_ready();
+    a.wait_assigned();
+    let feed = Feed::start(&t.input, "rebalance", 6, 8000, Duration::from_secs(20));
+    wait_sent(&feed, 1500);
+
+    // B joins: some partitions move to it while events flow.
+    let mut b = setup.start("rebalance-b");
+    b.wait_ready();
+    b.wait_assigned();
+    b.wait_processed(200.0);
+    let a_events = metric(
+        &a.metrics(),
+        "bouncer_events_total",
+        &[("outcome", "forwarded")],
+    )
+    .unwrap_or(0.0);
+    assert!(a_events > 0.0, "a processed events before leaving");
+
+    // A leaves cleanly: its partitions are drained, committed and handed over.
+    wait_sent(&feed, 5000);
+    a.terminate();
+    let exit = a.wait_exit(Duration::from_secs(15)).expect("a exits");
+    assert!(exit.success(), "exit status {exit}");
+
+    let total = feed.join();
+    check_no_loss(&setup, total);
+    b.terminate();
+    assert!(
+        b.wait_exit(Duration::from_secs(15))
+            .is_some_and(|s| s.success())
+    );
+}
