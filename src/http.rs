@@ -137,6 +137,7 @@ async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
             "partition_errors": pipeline.partition_errors,
             "backpressure": pipeline.backpressure,
             "in_flight": pipeline.in_flight,
+            "stalled": state.pipeline.stalled(),
         },
     }))
 }
@@ -145,6 +146,10 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     state
         .metrics
         .sync_control(state.control.rejected_total.load(Ordering::Relaxed));
+    state
+        .metrics
+        .stalled
+        .set(i64::from(state.pipeline.stalled()));
     let store = state.store.clone();
     let metrics = state.metrics.clone();
     let body = tokio::task::spawn_blocking(move || metrics.render(&store))

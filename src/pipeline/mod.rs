@@ -20,7 +20,7 @@ pub mod offsets;
 pub mod output;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -65,16 +65,45 @@ pub struct PipelineStatus {
 
 /// State shared between the pipeline thread, its client callbacks and the
 /// HTTP server.
-#[derive(Default)]
 pub struct Shared {
     status: Mutex<PipelineStatus>,
     /// Set once the pipeline is consuming.
     pub running: AtomicBool,
+    /// When the last event was consumed, in ms since `epoch`.
+    last_consumed_ms: AtomicU64,
+    epoch: Instant,
+    stall_after_ms: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            status: Mutex::default(),
+            running: AtomicBool::new(false),
+            last_consumed_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            stall_after_ms: AtomicU64::new(60_000),
+        }
+    }
 }
 
 impl Shared {
     pub fn status(&self) -> PipelineStatus {
         self.lock().clone()
+    }
+
+    fn consumed(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.last_consumed_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Consumption is stalled: there is lag, and nothing has been consumed
+    /// for `stall_after` (since start, if nothing ever was).
+    pub fn stalled(&self) -> bool {
+        let lag: i64 = self.lock().lag.values().sum();
+        let idle_ms = (self.epoch.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_consumed_ms.load(Ordering::Relaxed));
+        lag > 0 && idle_ms > self.stall_after_ms.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, PipelineStatus> {
@@ -352,6 +381,10 @@ pub fn run(
         backpressure: backpressure.clone(),
     })?;
     consumer.subscribe(&[&config.topics.input])?;
+    shared
+        .stall_after_ms
+        .store(config.stall_after.as_millis() as u64, Ordering::Relaxed);
+    shared.consumed(Instant::now());
     shared.running.store(true, Ordering::Release);
     tracing::info!(topic = %config.topics.input, group = %config.group, "consuming");
 
@@ -414,6 +447,7 @@ impl Loop<'_> {
     fn process(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
         self.summary.consumed += 1;
         let consumed_at = Instant::now();
+        self.shared.consumed(consumed_at);
         let headers: Vec<InputHeader<'_>> = message
             .headers()
             .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
