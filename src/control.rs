@@ -247,7 +247,10 @@ pub async fn expire_api_rules(
     writer: Arc<ControlWriter>,
     retention: Duration,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    // Look about twice per retention period, but at most once a second and
+    // at least once a minute.
+    let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let now = Utc::now();

@@ -153,6 +153,26 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("unique metric");
+        let rebalances = counter_vec(
+            &registry,
+            "bouncer_rebalances_total",
+            "Partition rebalances seen.",
+            &["kind"],
+        );
+        let commits = counter_vec(
+            &registry,
+            "bouncer_commits_total",
+            "Offset commits, by result.",
+            &["result"],
+        );
+        // Series with fixed label values start at 0: one born at 1 shows no
+        // increase() or rate(), so its first occurrence would never show.
+        for kind in ["assign", "revoke"] {
+            rebalances.with_label_values(&[kind]);
+        }
+        for result in ["success", "failure"] {
+            commits.with_label_values(&[result]);
+        }
         Metrics {
             events_forwarded: events.with_label_values(&["forwarded"]),
             events_failed: events.with_label_values(&["failed"]),
@@ -217,18 +237,8 @@ impl Metrics {
                 "bouncer_paused_partitions",
                 "Input partitions paused for backpressure or errors.",
             ),
-            rebalances: counter_vec(
-                &registry,
-                "bouncer_rebalances_total",
-                "Partition rebalances seen.",
-                &["kind"],
-            ),
-            commits: counter_vec(
-                &registry,
-                "bouncer_commits_total",
-                "Offset commits, by result.",
-                &["result"],
-            ),
+            rebalances,
+            commits,
             api_requests: counter_vec(
                 &registry,
                 "bouncer_api_requests_total",
@@ -356,6 +366,31 @@ impl Metrics {
             state.hash = set.hash().to_owned();
         }
         remove_gone_rules(&mut state, &set, &self.forced, &self.rule_matches);
+    }
+
+    /// The librdkafka statistics that matter to an operator: broker
+    /// round-trip times and the client's queue depth.
+    pub fn client_statistics(&self, client: &str, statistics: &rdkafka::statistics::Statistics) {
+        for broker in statistics.brokers.values() {
+            if let Some(rtt) = &broker.rtt
+                && broker.nodeid >= 0
+            {
+                self.kafka_rtt
+                    .with_label_values(&[client, &broker.nodeid.to_string()])
+                    .set(rtt.avg as f64 / 1_000_000.0);
+            }
+        }
+        let queued = match client {
+            "producer" => statistics.msg_cnt as i64,
+            _ => statistics
+                .topics
+                .values()
+                .flat_map(|t| t.partitions.values())
+                .filter(|p| p.partition >= 0)
+                .map(|p| p.fetchq_cnt)
+                .sum(),
+        };
+        self.kafka_queue.with_label_values(&[client]).set(queued);
     }
 
     /// Brings the control-topic counters up to date (at scrape time).

@@ -552,3 +552,61 @@ fn every_documented_error() {
         assert!(took < Duration::from_secs(20), "answered in {took:?}");
     }
 }
+
+#[test]
+fn the_api_rule_cap_holds_and_expired_rules_are_tombstoned() {
+    let _serial = serial();
+    let mut setup = setup("api-cap");
+    setup.top_level.push("max_api_rules = 2".into());
+    setup
+        .top_level
+        .push("api_expired_retention = \"1s\"".into());
+    let mut a = setup.start("bouncer-a");
+    a.wait_ready();
+    let (code, first) = post(a.port, &json!({"code": 550, "tag": "one"}));
+    assert_eq!(code, 201, "{first}");
+    assert_eq!(post(a.port, &json!({"code": 550, "tag": "two"})).0, 201);
+    let (code, answer) = post(a.port, &json!({"code": 550, "tag": "three"}));
+    assert_eq!(code, 409, "a third rule is over the cap: {answer}");
+    assert_eq!(
+        post(a.port, &json!({"code": 451, "tag": "two"})).0,
+        201,
+        "replacing is not adding"
+    );
+
+    // An expiring rule: listed as expired once past `expires`, then
+    // tombstoned after the retention, so the topic does not keep it.
+    let first = first["id"].as_str().unwrap();
+    assert_eq!(
+        request(
+            a.port,
+            "DELETE",
+            &format!("/v1/errors/{first}"),
+            Some(WRITE),
+            None
+        )
+        .0,
+        204
+    );
+    let expires = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let (code, rule) = post(
+        a.port,
+        &json!({"code": 550, "tag": "brief", "expires": expires}),
+    );
+    assert_eq!(code, 201, "{rule}");
+    assert_eq!(rule["state"], "active");
+    let path = format!("/v1/errors/{}", rule["id"].as_str().unwrap());
+    let deadline = Instant::now() + WAIT;
+    let mut seen_expired = false;
+    loop {
+        let (code, body) = request(a.port, "GET", &path, Some(READ), None);
+        if code == 404 {
+            break;
+        }
+        let body: Json = serde_json::from_str(&body).unwrap();
+        seen_expired |= body["state"] == "expired";
+        assert!(Instant::now() < deadline, "never tombstoned: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen_expired, "listed as expired before it was removed");
+}

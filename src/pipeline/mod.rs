@@ -145,6 +145,10 @@ impl ClientContext for ProducerCtx {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "kafka producer error");
     }
+
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.client_statistics("producer", &statistics);
+    }
 }
 
 impl ProducerContext for ProducerCtx {
@@ -200,6 +204,7 @@ struct ConsumerCtx {
 
 impl ClientContext for ConsumerCtx {
     fn stats(&self, statistics: Statistics) {
+        self.metrics.client_statistics("consumer", &statistics);
         let mut status = self.shared.lock();
         status.kafka_connected = statistics.brokers.values().any(|b| b.state == "UP");
         let Some(topic) = statistics.topics.get(&self.input_topic) else {
@@ -359,13 +364,15 @@ pub fn run(
 ) -> Result<Summary, PipelineError> {
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let (failures_tx, failures) = mpsc::channel();
-    let producer: Arc<Producer_> = Arc::new(kafka::producer_config(config).create_with_context(
-        ProducerCtx {
-            tracker: tracker.clone(),
-            failures: Mutex::new(failures_tx),
-            metrics: metrics.clone(),
-        },
-    )?);
+    let mut producer_config = kafka::producer_config(config);
+    if producer_config.get("statistics.interval.ms").is_none() {
+        producer_config.set("statistics.interval.ms", "5000");
+    }
+    let producer: Arc<Producer_> = Arc::new(producer_config.create_with_context(ProducerCtx {
+        tracker: tracker.clone(),
+        failures: Mutex::new(failures_tx),
+        metrics: metrics.clone(),
+    })?);
     let backpressure = Arc::new(AtomicBool::new(false));
     let mut consumer_config = kafka::consumer_config(config);
     if consumer_config.get("statistics.interval.ms").is_none() {
