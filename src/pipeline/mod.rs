@@ -362,6 +362,14 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
     options: &Options,
 ) -> Result<Summary, PipelineError> {
+    // Produce-error series exist from the start at 0, so that the first
+    // error shows in rate() and alerts.
+    let t = &config.topics;
+    for topic in [&t.forward, &t.results, &t.retry, &t.dead_letter] {
+        for kind in ["permanent", "blocked", "retriable"] {
+            metrics.produce_errors.with_label_values(&[topic, kind]);
+        }
+    }
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
     let (failures_tx, failures) = mpsc::channel();
     let mut producer_config = kafka::producer_config(config);
