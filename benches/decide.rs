@@ -1,1 +1,168 @@
-fn main() {}
+//! The decision's cost at 10, 1,000 and 100,000 rules (issue #2), beside
+//! two baselines measured in the same run: parsing the event (the per-event
+//! cost every decision pays first) and a linear scan that calls
+//! `Rule::matches` on every rule (what the index saves). Method and figures:
+//! BENCHMARKS.md; `scripts/bench.sh` runs it.
+
+mod common;
+
+use std::hint::black_box;
+
+use bouncer::event::{DEFAULT_MAX_EVENT_BYTES, Event};
+use bouncer::rules::{Mode, Rule, RuleSet};
+use chrono::{DateTime, Utc};
+use common::Fixture;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+const SIZES: [usize; 3] = [10, 1_000, 100_000];
+/// Distinct events per fixture: each iteration takes the next `BATCH` of
+/// them, so the caches see 4,096 different events, not the same few.
+const EVENTS: usize = 4_096;
+const BATCH: usize = 1_024;
+/// Events per iteration of the linear scan, which costs about 10 ns per rule.
+fn linear_batch(rules: usize) -> usize {
+    match rules {
+        0..=100 => BATCH,
+        101..=10_000 => 128,
+        _ => 8,
+    }
+}
+
+/// The next batch of `items`, round and round.
+fn batches<'a, T>(items: &'a [T]) -> impl FnMut() -> &'a [T] {
+    let mut start = 0;
+    move || {
+        let batch = &items[start..start + BATCH];
+        start = (start + BATCH) % items.len();
+        batch
+    }
+}
+
+fn parse(json: &str) -> Event<'_> {
+    Event::parse(json.as_bytes(), DEFAULT_MAX_EVENT_BYTES).expect("generated events are valid")
+}
+
+/// The naive decision: every rule, in precedence order, checked in full.
+/// Same answer as `RuleSet::decide` (checked below), none of its index.
+fn linear_decide<'s>(
+    rules: &'s [Rule],
+    event: &Event<'_>,
+    now: DateTime<Utc>,
+) -> (Option<&'s Rule>, Vec<&'s Rule>) {
+    let mut winner = None;
+    let mut matched = Vec::new();
+    for rule in rules {
+        if rule.is_active(now) && rule.matches(event) {
+            if winner.is_none() && rule.mode == Mode::Enforce {
+                winner = Some(rule);
+            }
+            matched.push(rule);
+        }
+    }
+    (winner, matched)
+}
+
+/// Checks the index against the linear scan on `sample` events, and prints
+/// what the events look like, so a figure can be read against its workload.
+fn describe(f: &Fixture, set: &RuleSet, events: &[Event<'_>], now: DateTime<Utc>) {
+    let ids = |rules: &[&Rule]| rules.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+    let sample = if f.size >= 100_000 { 256 } else { events.len() };
+    for event in &events[..sample] {
+        let fast = set.decide(event, now);
+        let (winner, matched) = linear_decide(set.rules(), event, now);
+        assert_eq!(fast.rule.map(|r| &r.id), winner.map(|r| &r.id));
+        assert_eq!(ids(&fast.matched), ids(&matched));
+    }
+    let (mut any, mut stopped) = (0, 0);
+    for event in events {
+        let d = set.decide(event, now);
+        any += usize::from(!d.matched.is_empty());
+        stopped += usize::from(d.rule.is_some());
+    }
+    let bytes: usize = f.events.iter().map(String::len).sum();
+    eprintln!(
+        "fixture rules={} events={} mean_event_bytes={} matching_any_rule={:.1}% stopped={:.1}% \
+         (index = linear scan on {sample} events)",
+        f.size,
+        events.len(),
+        bytes / f.events.len(),
+        100.0 * any as f64 / events.len() as f64,
+        100.0 * stopped as f64 / events.len() as f64,
+    );
+}
+
+fn benches(c: &mut Criterion) {
+    let now = common::now();
+    let fixtures: Vec<Fixture> = SIZES.iter().map(|&n| Fixture::new(n, EVENTS)).collect();
+
+    let mut decide = c.benchmark_group("decide");
+    decide
+        .sample_size(50)
+        .throughput(Throughput::Elements(BATCH as u64));
+    for f in &fixtures {
+        let events: Vec<Event<'_>> = f.events.iter().map(|j| parse(j)).collect();
+        describe(f, &f.set, &events, now);
+        decide.bench_function(BenchmarkId::from_parameter(f.size), |b| {
+            let mut next = batches(&events);
+            b.iter(|| {
+                for event in next() {
+                    black_box(f.set.decide(black_box(event), now));
+                }
+            })
+        });
+    }
+    decide.finish();
+
+    // Parsing does not depend on the rules: one figure, on the largest
+    // fixture's events.
+    let mut parse_only = c.benchmark_group("parse");
+    parse_only
+        .sample_size(50)
+        .throughput(Throughput::Elements(BATCH as u64));
+    let largest = fixtures.last().expect("fixtures");
+    parse_only.bench_function("event", |b| {
+        let mut next = batches(&largest.events);
+        b.iter(|| {
+            for json in next() {
+                black_box(parse(black_box(json)));
+            }
+        })
+    });
+    parse_only.finish();
+
+    let mut parse_decide = c.benchmark_group("parse_decide");
+    parse_decide
+        .sample_size(50)
+        .throughput(Throughput::Elements(BATCH as u64));
+    for f in &fixtures {
+        parse_decide.bench_function(BenchmarkId::from_parameter(f.size), |b| {
+            let mut next = batches(&f.events);
+            b.iter(|| {
+                for json in next() {
+                    let event = parse(black_box(json));
+                    black_box(f.set.decide(&event, now).outcome);
+                }
+            })
+        });
+    }
+    parse_decide.finish();
+
+    let mut linear = c.benchmark_group("linear_scan");
+    for f in &fixtures {
+        let events: Vec<Event<'_>> = f.events.iter().map(|j| parse(j)).collect();
+        let events = &events[..linear_batch(f.size)];
+        linear.sample_size(if f.size >= 100_000 { 10 } else { 50 });
+        linear.throughput(Throughput::Elements(events.len() as u64));
+        linear.bench_with_input(BenchmarkId::from_parameter(f.size), events, |b, events| {
+            b.iter(|| {
+                for event in events {
+                    black_box(linear_decide(f.set.rules(), black_box(event), now));
+                }
+            })
+        });
+    }
+    linear.finish();
+}
+
+criterion_group!(decide, benches);
+criterion_main!(decide);

@@ -11,7 +11,8 @@ use std::net::IpAddr;
 
 use chrono::NaiveDateTime;
 use serde::Deserializer as _;
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
 use crate::domain::AddressDomain;
@@ -163,13 +164,15 @@ impl<'a> Event<'a> {
 
     /// Parses an event already known to be UTF-8 and within the size limit.
     pub fn parse_str(text: &'a str) -> Result<Event<'a>, Invalid> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let raw = match de.deserialize_any(TopVisitor).and_then(|raw| {
-            de.end()?;
-            Ok(raw)
-        }) {
+        let raw = match parse_top(text, false) {
             Ok(raw) => raw,
-            Err(e) => return Err(Invalid::new(Reason::NotJson, e.to_string())),
+            Err(e) => {
+                // Valid JSON that the fast way refused: read it again carefully.
+                let careful = serde_json::from_str::<IgnoredAny>(text)
+                    .ok()
+                    .and_then(|_| parse_top(text, true).ok());
+                careful.ok_or_else(|| Invalid::new(Reason::NotJson, e.to_string()))?
+            }
         };
         let fields = match raw {
             Top::NotObject(kind) => {
@@ -286,7 +289,42 @@ pub fn parse_mailerq_time(text: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp())
 }
 
-struct TopVisitor;
+/// Reads the top-level value. serde_json refuses, as a syntax error, a number
+/// beyond f64's range (`1e400`) wherever it converts one, though it is JSON.
+/// The fast way converts every value of the table as it goes; the `careful`
+/// way, for a text the fast way refused, takes each as raw text first, so
+/// that such a number is just the wrong type, and only names what a
+/// top-level value other than an object is.
+fn parse_top(text: &str, careful: bool) -> Result<Top<'_>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let first = text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .bytes()
+        .next();
+    let top = match first {
+        Some(first) if careful && first != b'{' => {
+            <IgnoredAny as de::Deserialize>::deserialize(&mut de)?;
+            Top::NotObject(match first {
+                b'"' => "a string",
+                b'[' => "an array",
+                b't' | b'f' => "a boolean",
+                b'n' => "null",
+                _ => "a number",
+            })
+        }
+        _ => de.deserialize_any(TopVisitor { careful })?,
+    };
+    de.end()?;
+    Ok(top)
+}
+
+fn starts_number(json: &str) -> bool {
+    json.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+}
+
+struct TopVisitor {
+    careful: bool,
+}
 
 impl<'de> Visitor<'de> for TopVisitor {
     type Value = Top<'de>;
@@ -296,6 +334,7 @@ impl<'de> Visitor<'de> for TopVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let careful = self.careful;
         let mut fields = Box::<RawFields<'de>>::default();
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
             let Some(field) = Field::from_key(&key.0) else {
@@ -320,7 +359,7 @@ impl<'de> Visitor<'de> for TopVisitor {
             };
             match field {
                 Field::Recipient | Field::Envelope | Field::Pool | Field::MaxDeliverTime => {
-                    match map.next_value::<Lenient<CowStr<'de>>>()? {
+                    match map.next_value_seed(LenientSeed::new(careful))? {
                         Lenient::Null => {}
                         Lenient::Wrong(found) => fields.fail(wrong(found, "a string")),
                         Lenient::Ok(CowStr(s)) => match field {
@@ -331,7 +370,7 @@ impl<'de> Visitor<'de> for TopVisitor {
                         },
                     }
                 }
-                Field::Ips | Field::Tags => match map.next_value::<Lenient<StrList<'de>>>()? {
+                Field::Ips | Field::Tags => match map.next_value_seed(LenientSeed::new(careful))? {
                     Lenient::Null => {}
                     Lenient::Wrong(found) => fields.fail(wrong(found, "an array of strings")),
                     Lenient::Ok(StrList(list)) => {
@@ -342,12 +381,12 @@ impl<'de> Visitor<'de> for TopVisitor {
                         }
                     }
                 },
-                Field::MaxAttempts => match map.next_value::<Lenient<u64>>()? {
+                Field::MaxAttempts => match map.next_value_seed(LenientSeed::new(careful))? {
                     Lenient::Null => {}
                     Lenient::Wrong(found) => fields.fail(wrong(found, "an integer of at least 0")),
                     Lenient::Ok(n) => fields.max_attempts = Some(n),
                 },
-                Field::Results => match map.next_value::<Lenient<Count>>()? {
+                Field::Results => match map.next_value_seed(LenientSeed::new(careful))? {
                     Lenient::Null => {}
                     Lenient::Wrong(found) => fields.fail(wrong(found, "an array")),
                     Lenient::Ok(Count(n)) => fields.results = Some(n),
@@ -414,7 +453,10 @@ trait Expect<'de>: Sized {
     fn unsigned(_: u64) -> Option<Self> {
         None
     }
-    fn seq<A: SeqAccess<'de>>(seq: A) -> Result<Result<Self, &'static str>, A::Error> {
+    fn seq<A: SeqAccess<'de>>(
+        seq: A,
+        _careful: bool,
+    ) -> Result<Result<Self, &'static str>, A::Error> {
         drain(seq)?;
         Ok(Err("an array"))
     }
@@ -438,7 +480,10 @@ impl<'de> Expect<'de> for u64 {
 }
 
 impl<'de> Expect<'de> for Count {
-    fn seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Result<Self, &'static str>, A::Error> {
+    fn seq<A: SeqAccess<'de>>(
+        mut seq: A,
+        _careful: bool,
+    ) -> Result<Result<Self, &'static str>, A::Error> {
         let mut n = 0;
         while seq.next_element::<IgnoredAny>()?.is_some() {
             n += 1;
@@ -448,10 +493,13 @@ impl<'de> Expect<'de> for Count {
 }
 
 impl<'de> Expect<'de> for StrList<'de> {
-    fn seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Result<Self, &'static str>, A::Error> {
+    fn seq<A: SeqAccess<'de>>(
+        mut seq: A,
+        careful: bool,
+    ) -> Result<Result<Self, &'static str>, A::Error> {
         let mut list = SmallVec::new();
         let mut wrong = false;
-        while let Some(item) = seq.next_element::<Lenient<CowStr<'de>>>()? {
+        while let Some(item) = seq.next_element_seed(LenientSeed::new(careful))? {
             match item {
                 Lenient::Ok(CowStr(s)) if !wrong => list.push(s),
                 _ => wrong = true,
@@ -465,13 +513,44 @@ impl<'de> Expect<'de> for StrList<'de> {
     }
 }
 
-impl<'de, T: Expect<'de>> de::Deserialize<'de> for Lenient<T> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LenientVisitor(std::marker::PhantomData))
+/// Reads a [`Lenient`] value, the fast or the careful way (see [`parse_top`]).
+struct LenientSeed<T> {
+    careful: bool,
+    expect: std::marker::PhantomData<T>,
+}
+
+impl<T> LenientSeed<T> {
+    fn new(careful: bool) -> Self {
+        LenientSeed {
+            careful,
+            expect: std::marker::PhantomData,
+        }
     }
 }
 
-struct LenientVisitor<T>(std::marker::PhantomData<T>);
+impl<'de, T: Expect<'de>> DeserializeSeed<'de> for LenientSeed<T> {
+    type Value = Lenient<T>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Lenient<T>, D::Error> {
+        let visitor = LenientVisitor(self);
+        if !visitor.0.careful {
+            return d.deserialize_any(visitor);
+        }
+        let raw = <&'de RawValue as de::Deserialize>::deserialize(d)?.get();
+        if starts_number(raw) {
+            return Ok(match raw.parse::<u64>().ok().and_then(T::unsigned) {
+                Some(value) => Lenient::Ok(value),
+                None if raw.contains(['.', 'e', 'E']) => Lenient::Wrong("a non-integer number"),
+                None => Lenient::Wrong("a number"),
+            });
+        }
+        serde_json::Deserializer::from_str(raw)
+            .deserialize_any(visitor)
+            .map_err(de::Error::custom)
+    }
+}
+
+struct LenientVisitor<T>(LenientSeed<T>);
 
 impl<T> LenientVisitor<T> {
     fn found(value: Option<T>, kind: &'static str) -> Lenient<T> {
@@ -523,7 +602,7 @@ impl<'de, T: Expect<'de>> Visitor<'de> for LenientVisitor<T> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Ok(match T::seq(seq)? {
+        Ok(match T::seq(seq, self.0.careful)? {
             Ok(v) => Lenient::Ok(v),
             Err(kind) => Lenient::Wrong(kind),
         })

@@ -118,6 +118,10 @@ pub struct RuleSet {
     tags: Postings,
     mta_v4: PrefixIndex,
     mta_v6: PrefixIndex,
+    /// The longest key of `domain_suffix` and `sender_suffix`: a domain's
+    /// longer parents are not looked up, so that a name of many labels
+    /// costs time linear in its length, not quadratic.
+    longest_suffix: usize,
     /// `match_all` rules without conditions: candidates for every event.
     unanchored: Vec<u32>,
     hash: String,
@@ -153,6 +157,7 @@ impl RuleSet {
             tags: Postings::default(),
             mta_v4: PrefixIndex::default(),
             mta_v6: PrefixIndex::default(),
+            longest_suffix: 0,
             unanchored: Vec::new(),
             hash,
             rules: Vec::new(),
@@ -176,6 +181,13 @@ impl RuleSet {
             set.by_id.insert(rule.id.clone().into_boxed_str(), index);
             set.file(rule, index, &freq);
         }
+        set.longest_suffix = set
+            .domain_suffix
+            .keys()
+            .chain(set.sender_suffix.keys())
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(0);
         set.rules = rules;
         set
     }
@@ -289,6 +301,7 @@ impl RuleSet {
             lookup_domain(
                 &self.domain_exact,
                 &self.domain_suffix,
+                self.longest_suffix,
                 domain,
                 &mut candidates,
             );
@@ -297,6 +310,7 @@ impl RuleSet {
             lookup_domain(
                 &self.sender_exact,
                 &self.sender_suffix,
+                self.longest_suffix,
                 domain,
                 &mut candidates,
             );
@@ -389,12 +403,18 @@ fn deferral_is_final(event: &Event<'_>, now: DateTime<Utc>) -> bool {
         || (event.max_attempts > 0 && event.attempts >= event.max_attempts)
 }
 
-fn lookup_domain(exact: &Postings, suffix: &Postings, domain: &str, out: &mut SmallVec<[u32; 16]>) {
+fn lookup_domain(
+    exact: &Postings,
+    suffix: &Postings,
+    longest_suffix: usize,
+    domain: &str,
+    out: &mut SmallVec<[u32; 16]>,
+) {
     if let Some(rules) = exact.get(domain) {
         out.extend_from_slice(rules);
     }
     if !suffix.is_empty() {
-        for parent in parent_suffixes(domain) {
+        for parent in parent_suffixes(domain).filter(|p| p.len() <= longest_suffix) {
             if let Some(rules) = suffix.get(parent) {
                 out.extend_from_slice(rules);
             }

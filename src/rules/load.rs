@@ -9,7 +9,7 @@ use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use super::raw::{Key, Node, Value, line_col, table_from_toml};
+use super::raw::{Key, LineCursor, Node, Value, line_col, table_from_toml};
 use super::validate::{Origin, validate_rule};
 use super::{Rule, Source};
 
@@ -177,8 +177,9 @@ pub fn parse_files(root: &Path, files: &RuleFiles) -> Result<Vec<Rule>, LoadErro
     let mut first_seen: HashMap<String, (PathBuf, &str, usize)> = HashMap::new();
     for (rel, text) in &files.files {
         let display = root.join(rel);
-        let diag = |span: Range<usize>, message: String| {
-            let (line, col) = line_col(text, span.start);
+        let mut cursor = LineCursor::new(text);
+        let mut diag = |span: Range<usize>, message: String| {
+            let (line, col) = cursor.line_col(span.start);
             Diagnostic {
                 file: display.clone(),
                 line,

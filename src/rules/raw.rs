@@ -159,15 +159,49 @@ pub fn table_from_toml(table: &DeTable<'_>) -> Vec<(Key, Node)> {
 
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
+    LineCursor::new(text).line_col(offset)
+}
+
+/// Lines and columns of many offsets into one text. Each is counted on from
+/// the previous one, so offsets in order (as a file's errors come) cost one
+/// pass over the text, where calling [`line_col`] for each would be
+/// quadratic.
+pub struct LineCursor<'t> {
+    text: &'t str,
+    offset: usize,
+    line: usize,
+    col: usize,
+}
+
+impl<'t> LineCursor<'t> {
+    pub fn new(text: &'t str) -> Self {
+        LineCursor {
+            text,
+            offset: 0,
+            line: 1,
+            col: 1,
+        }
     }
-    let before = &text[..offset];
-    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = text[line_start..offset].chars().count() + 1;
-    (line, col)
+
+    pub fn line_col(&mut self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        if offset < self.offset {
+            *self = LineCursor::new(self.text);
+        }
+        for c in self.text[self.offset..offset].chars() {
+            if c == '\n' {
+                self.line += 1;
+                self.col = 1;
+            } else {
+                self.col += 1;
+            }
+        }
+        self.offset = offset;
+        (self.line, self.col)
+    }
 }
 
 #[cfg(test)]
@@ -182,5 +216,29 @@ mod tests {
         assert_eq!(line_col(text, 8), (3, 1));
         assert_eq!(line_col(text, 7), (2, 4));
         assert_eq!(line_col(text, 999), (3, 2));
+    }
+
+    #[test]
+    fn line_cursor_agrees_with_line_col_in_any_order() {
+        let text = "ab\ncdé\nf\n\nxyz";
+        let mut cursor = LineCursor::new(text);
+        for offset in [0, 3, 5, 6, 8, 2, 9, 10, 1, 14, 999, 4] {
+            assert_eq!(
+                cursor.line_col(offset),
+                line_col_naive(text, offset),
+                "{offset}"
+            );
+        }
+    }
+
+    fn line_col_naive(text: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, text[line_start..offset].chars().count() + 1)
     }
 }
