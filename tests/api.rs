@@ -4,8 +4,6 @@
 
 mod kafka_support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use kafka_support::*;
@@ -22,7 +20,7 @@ description = "owned by git"
 tags = "file_tag"
 "#;
 
-/// A one-shot HTTP/1.1 request; returns the status and the body.
+/// A request with an optional bearer token and body; the status and body.
 fn request(
     port: u16,
     method: &str,
@@ -30,54 +28,13 @@ fn request(
     token: Option<&str>,
     body: Option<(&str, &[u8])>,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    if let Some(token) = token {
-        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
+    let authorization = token.map(|t| format!("Bearer {t}"));
     let (content_type, bytes) = body.unwrap_or(("application/json", b""));
-    head.push_str(&format!(
-        "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        bytes.len()
-    ));
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(bytes).unwrap();
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunked(body)
-    } else {
-        body.to_owned()
-    };
-    (code, body)
-}
-
-fn dechunked(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
+    let mut headers = vec![("Content-Type", content_type)];
+    if let Some(authorization) = authorization.as_deref() {
+        headers.push(("Authorization", authorization));
     }
-    out
+    http_request(port, method, path, &headers, bytes).unwrap_or((0, String::new()))
 }
 
 fn post(port: u16, body: &Json) -> (u16, Json) {

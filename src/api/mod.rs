@@ -156,6 +156,21 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiErr
     })
 }
 
+/// A write route's request: the token's name and the body as one object
+/// (JSON or form).
+async fn write_request(
+    api: &Api,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(String, serde_json::Map<String, Json>), ApiError> {
+    let name = authorize(api, headers, true)?;
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    Ok((name, parse_body(content_type, &bytes)?))
+}
+
 /// A rule as `GET /v1/errors` shows it.
 fn view(api: &Api, rule: &Rule) -> Json {
     let mut value = rule_json(rule);
@@ -194,12 +209,7 @@ async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = authorize(&api, &headers, true)?;
-    let bytes = read_body(body, MAX_BODY_BYTES).await?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let map = parse_body(content_type, &bytes)?;
+    let (name, map) = write_request(&api, &headers, body).await?;
     let rule = rule_from_request(map, &name, Utc::now())?;
     let existing = api.store.current().get(&rule.id).map(|r| r.source.clone());
     if let Some(source) = &existing
@@ -252,12 +262,7 @@ async fn delete_matching(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let name = authorize(&api, &headers, true)?;
-    let bytes = read_body(body, MAX_BODY_BYTES).await?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let mut map = parse_body(content_type, &bytes)?;
+    let (name, mut map) = write_request(&api, &headers, body).await?;
     let id = match map.get("id") {
         Some(Json::String(id)) => id.clone(),
         Some(_) => return Err(BodyError::field("id", "\"id\" must be a string").into()),
