@@ -9,7 +9,7 @@ mod common;
 use std::hint::black_box;
 
 use bouncer::event::{DEFAULT_MAX_EVENT_BYTES, Event};
-use bouncer::rules::{Mode, Rule, RuleSet};
+use bouncer::rules::{Mode, Rule};
 use chrono::{DateTime, Utc};
 use common::Fixture;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -64,7 +64,8 @@ fn linear_decide<'s>(
 
 /// Checks the index against the linear scan on `sample` events, and prints
 /// what the events look like, so a figure can be read against its workload.
-fn describe(f: &Fixture, set: &RuleSet, events: &[Event<'_>], now: DateTime<Utc>) {
+fn describe(f: &Fixture, events: &[Event<'_>], now: DateTime<Utc>) {
+    let set = &f.set;
     let ids = |rules: &[&Rule]| rules.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
     let sample = if f.size >= 100_000 { 256 } else { events.len() };
     for event in &events[..sample] {
@@ -101,7 +102,7 @@ fn benches(c: &mut Criterion) {
         .throughput(Throughput::Elements(BATCH as u64));
     for f in &fixtures {
         let events: Vec<Event<'_>> = f.events.iter().map(|j| parse(j)).collect();
-        describe(f, &f.set, &events, now);
+        describe(f, &events, now);
         decide.bench_function(BenchmarkId::from_parameter(f.size), |b| {
             let mut next = batches(&events);
             b.iter(|| {

@@ -2,7 +2,7 @@
 # Runs the decision benchmarks (benches/decide.rs, criterion) RUNS times and
 # the reload-under-load measurement (benches/reload.rs) once, then prints the
 # median of each criterion figure across runs. Method and results:
-# BENCHMARKS.md. About 4 minutes on 2 cores with RUNS=3 (the default);
+# BENCHMARKS.md. About 5 minutes on 2 cores with RUNS=3 (the default);
 # `scripts/bench.sh --quick` runs the decide bench once with shorter phases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
