@@ -207,6 +207,22 @@ pub fn demo(rules_dir: &Path, events: usize) -> Result<DemoSummary, String> {
 
     let summary = read_outputs(&bootstrap, &config)?;
     summary.print(&metrics);
+    // What the output topics hold and what the metrics counted must agree.
+    let total = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+    for (outcome, counted) in [
+        ("forwarded", summary.forwarded),
+        ("failed", total(&summary.failed)),
+        ("deferred", total(&summary.deferred)),
+        ("invalid", total(&summary.invalid)),
+    ] {
+        if metrics.events(outcome) != counted {
+            return Err(format!(
+                "bouncer_events_total{{outcome=\"{outcome}\"}} is {} but the output topics hold {counted}",
+                metrics.events(outcome)
+            ));
+        }
+    }
+    println!("  the metric totals equal the records in the output topics");
     Ok(summary)
 }
 
