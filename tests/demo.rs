@@ -39,6 +39,14 @@ fn demo_accounts_for_every_event() {
             > 0
     );
     assert!(invalid > 0);
+    // The rule posted through the REST API half-way stops campaign Z from then on.
+    let api: u64 = summary
+        .failed
+        .iter()
+        .filter(|(rule, _)| rule.starts_with("api-"))
+        .map(|(_, n)| *n)
+        .sum();
+    assert!(api > 0, "the API rule stopped nothing: {summary:?}");
 }
 
 #[test]
@@ -64,6 +72,8 @@ fn demo_command_prints_the_summary() {
         "deferred",
         "invalid",
         "bouncer_events_total",
+        "POST /v1/errors",
+        "the metric totals equal the records in the output topics",
     ] {
         assert!(text.contains(word), "{word} missing from:\n{text}");
     }
