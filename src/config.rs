@@ -37,8 +37,15 @@ pub struct Config {
     /// Most events in flight (consumed, not yet acknowledged) per instance;
     /// above it partitions are paused.
     pub max_in_flight: usize,
+    /// At least once: how often the offsets of fully acknowledged events
+    /// are committed.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Exactly once: a transaction is committed after this long…
+    #[serde(with = "humantime_serde")]
+    pub transaction_interval: Duration,
+    /// …or after this many events, whichever comes first.
+    pub transaction_max_events: usize,
     /// Most API rules in force at once; a POST of a new rule above it is refused.
     pub max_api_rules: usize,
     /// How long an expired API rule stays listed before it is tombstoned.
@@ -149,6 +156,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(20),
             max_in_flight: 20_000,
             commit_interval: Duration::from_secs(1),
+            transaction_interval: Duration::from_millis(100),
+            transaction_max_events: 10_000,
             max_api_rules: 10_000,
             api_expired_retention: Duration::from_secs(24 * 3600),
             topics: Topics::default(),
@@ -206,6 +215,12 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     // Keys hash as Java clients do, so by-key records land where they expect.
     ("partitioner", "murmur2_random"),
 ];
+
+/// Exactly once: `transaction.timeout.ms` unless set. Short, so that an
+/// instance killed for good holds back `read_committed` readers of its
+/// partitions for 10 s at most; a restarted one (same `transactional_id`)
+/// aborts its open transaction at once.
+pub const TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
 /// bouncer's consumer defaults: a bounded pre-fetch queue.
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
@@ -359,6 +374,21 @@ impl Config {
         if self.max_in_flight == 0 {
             return Err(ConfigError::new("max_in_flight", "must be at least 1"));
         }
+        if self.transaction_max_events == 0 {
+            return Err(ConfigError::new(
+                "transaction_max_events",
+                "must be at least 1",
+            ));
+        }
+        if self.transaction_interval.is_zero() {
+            return Err(ConfigError::new(
+                "transaction_interval",
+                "must be longer than 0 (e.g. \"100ms\")",
+            ));
+        }
+        if self.guarantee == Guarantee::ExactlyOnce {
+            self.validate_transaction_timeouts()?;
+        }
         if self
             .kafka
             .common
@@ -376,41 +406,82 @@ impl Config {
     /// The effective value of a producer property: bouncer's default,
     /// overridden by `[kafka]`, overridden by `[kafka.producer]`.
     pub fn producer_property(&self, key: &str) -> Option<String> {
-        effective(
-            PRODUCER_DEFAULTS,
-            &self.kafka.common,
-            &self.kafka.producer,
-            key,
-        )
+        self.producer_properties().remove(key)
     }
 
-    /// Properties for producers, defaults first.
+    /// Properties for producers, defaults first. Exactly once adds a short
+    /// `transaction.timeout.ms` and, unless set, a `message.timeout.ms`
+    /// equal to it (librdkafka requires it to be no longer).
     pub fn producer_properties(&self) -> BTreeMap<String, String> {
-        merged(PRODUCER_DEFAULTS, &self.kafka.common, &self.kafka.producer)
+        let mut properties = merged(PRODUCER_DEFAULTS, &self.kafka.common, &self.kafka.producer);
+        if self.guarantee == Guarantee::ExactlyOnce {
+            let timeout = properties
+                .entry("transaction.timeout.ms".to_owned())
+                .or_insert_with(|| TRANSACTION_TIMEOUT_MS.to_string())
+                .clone();
+            if self.user_producer_property("message.timeout.ms").is_none() {
+                properties.insert("message.timeout.ms".to_owned(), timeout);
+            }
+        }
+        properties
+    }
+
+    /// A producer property as the user set it, `[kafka.producer]` first.
+    fn user_producer_property(&self, key: &str) -> Option<&String> {
+        self.kafka
+            .producer
+            .get(key)
+            .or_else(|| self.kafka.common.get(key))
+    }
+
+    /// The setting that holds a producer property, for error messages.
+    fn producer_setting(&self, key: &str) -> String {
+        if self.kafka.producer.contains_key(key) {
+            format!("kafka.producer.\"{key}\"")
+        } else {
+            format!("kafka.\"{key}\"")
+        }
+    }
+
+    fn validate_transaction_timeouts(&self) -> Result<(), ConfigError> {
+        let properties = self.producer_properties();
+        let ms = |key: &str| -> Result<u64, ConfigError> {
+            let value = &properties[key];
+            value.trim().parse().map_err(|_| {
+                ConfigError::new(
+                    self.producer_setting(key),
+                    format!("must be a number of milliseconds, got \"{value}\""),
+                )
+            })
+        };
+        let transaction = ms("transaction.timeout.ms")?;
+        let message = ms("message.timeout.ms")?;
+        if message > transaction {
+            return Err(ConfigError::new(
+                self.producer_setting("message.timeout.ms"),
+                format!(
+                    "is {message} but must not exceed transaction.timeout.ms ({transaction}) with \
+                     guarantee = \"exactly-once\"; lower it or leave it unset"
+                ),
+            ));
+        }
+        if self.transaction_interval.as_millis() * 2 > u128::from(transaction) {
+            return Err(ConfigError::new(
+                "transaction_interval",
+                format!(
+                    "is {} ms, but a transaction must commit well within transaction.timeout.ms \
+                     ({transaction} ms); make it at most half of that",
+                    self.transaction_interval.as_millis()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Properties for consumers, defaults first.
     pub fn consumer_properties(&self) -> BTreeMap<String, String> {
         merged(CONSUMER_DEFAULTS, &self.kafka.common, &self.kafka.consumer)
     }
-}
-
-fn effective(
-    defaults: &[(&str, &str)],
-    common: &BTreeMap<String, String>,
-    specific: &BTreeMap<String, String>,
-    key: &str,
-) -> Option<String> {
-    specific
-        .get(key)
-        .or_else(|| common.get(key))
-        .cloned()
-        .or_else(|| {
-            defaults
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| (*v).to_owned())
-        })
 }
 
 fn merged(
@@ -542,6 +613,38 @@ mod tests {
         let e = Config::from_parts(MINIMAL, env(&[("BOUNCER_KAFKA__GROUP_ID", "x")])).unwrap_err();
         assert_eq!(e.setting, "kafka.\"group.id\"");
         assert!(e.message.contains("\"group\""), "{e}");
+    }
+
+    #[test]
+    fn exactly_once_gets_a_short_transaction_timeout() {
+        let eos = "guarantee = \"exactly-once\"\n";
+        let c = Config::from_parts(&format!("{eos}{MINIMAL}"), env(&[])).unwrap();
+        let p = c.producer_properties();
+        assert_eq!(p["transaction.timeout.ms"], "10000");
+        assert_eq!(
+            p["message.timeout.ms"], "10000",
+            "librdkafka requires message.timeout.ms <= transaction.timeout.ms"
+        );
+        let c = Config::from_parts(MINIMAL, env(&[])).unwrap();
+        assert!(
+            !c.producer_properties()
+                .contains_key("transaction.timeout.ms")
+        );
+
+        let text = format!("{eos}{MINIMAL}[kafka.producer]\n\"message.timeout.ms\" = 60000\n");
+        let e = Config::from_parts(&text, env(&[])).unwrap_err();
+        assert_eq!(e.setting, "kafka.producer.\"message.timeout.ms\"");
+        assert!(e.message.contains("transaction.timeout.ms"), "{e}");
+        let text = format!("{eos}{MINIMAL}[kafka.producer]\n\"transaction.timeout.ms\" = 60000\n");
+        let c = Config::from_parts(&text, env(&[])).unwrap();
+        assert_eq!(c.producer_properties()["message.timeout.ms"], "60000");
+
+        let text = format!("{eos}transaction_interval = \"6s\"\n{MINIMAL}");
+        let e = Config::from_parts(&text, env(&[])).unwrap_err();
+        assert_eq!(e.setting, "transaction_interval");
+        let e = Config::from_parts(MINIMAL, env(&[("BOUNCER_TRANSACTION_MAX_EVENTS", "0")]))
+            .unwrap_err();
+        assert_eq!(e.setting, "transaction_max_events");
     }
 
     #[test]

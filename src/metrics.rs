@@ -35,6 +35,12 @@ pub struct Metrics {
     pub paused_partitions: IntGauge,
     pub rebalances: IntCounterVec,
     pub commits: IntCounterVec,
+    /// Exactly once: transactions by result (`committed`, `aborted`).
+    pub transactions: IntCounterVec,
+    /// Exactly once: how long committing a transaction takes.
+    pub transaction_commit_duration: Histogram,
+    /// Pipeline restarts with new Kafka clients, by reason.
+    pub pipeline_restarts: IntCounterVec,
     pub api_requests: IntCounterVec,
     control_rejected: IntCounter,
     reload_last_attempt: Gauge,
@@ -173,6 +179,37 @@ impl Metrics {
         for result in ["success", "failure"] {
             commits.with_label_values(&[result]);
         }
+        let transactions = counter_vec(
+            &registry,
+            "bouncer_transactions_total",
+            "Exactly once: transactions of outputs and offsets, by result.",
+            &["result"],
+        );
+        for result in ["committed", "aborted"] {
+            transactions.with_label_values(&[result]);
+        }
+        let transaction_commit_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "bouncer_transaction_commit_duration_seconds",
+                "Exactly once: time to send the offsets and commit a transaction.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(transaction_commit_duration.clone()))
+            .expect("unique metric");
+        let pipeline_restarts = counter_vec(
+            &registry,
+            "bouncer_pipeline_restarts_total",
+            "Restarts of the pipeline with new Kafka clients after a fatal error, by reason.",
+            &["reason"],
+        );
+        for reason in crate::pipeline::RestartReason::ALL {
+            pipeline_restarts.with_label_values(&[reason.as_str()]);
+        }
         Metrics {
             events_forwarded: events.with_label_values(&["forwarded"]),
             events_failed: events.with_label_values(&["failed"]),
@@ -239,6 +276,9 @@ impl Metrics {
             ),
             rebalances,
             commits,
+            transactions,
+            transaction_commit_duration,
+            pipeline_restarts,
             api_requests: counter_vec(
                 &registry,
                 "bouncer_api_requests_total",

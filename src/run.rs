@@ -37,7 +37,6 @@ pub fn instance_name() -> String {
 
 /// Runs the sidecar until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), RunError> {
-    kafka::check_supported(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bouncer-io")
@@ -149,9 +148,68 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let options = Options {
         instance: instance_name(),
     };
-    pipeline::run(&config, store, metrics, shared, shutdown, &options)?;
+    run_pipeline(&config, store, metrics, shared, &shutdown, &options)?;
     drop(reloader);
     Ok(())
+}
+
+/// Runs the pipeline; after a fatal client error (a fenced producer, a
+/// transaction whose outcome is unknown) starts it again with new clients,
+/// after a back-off that grows while runs keep failing quickly.
+fn run_pipeline(
+    config: &Config,
+    store: Arc<RuleStore>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    shutdown: &Arc<AtomicBool>,
+    options: &Options,
+) -> Result<(), RunError> {
+    const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let result = pipeline::run(
+            config,
+            store.clone(),
+            metrics.clone(),
+            shared.clone(),
+            shutdown.clone(),
+            options,
+        );
+        match result {
+            Ok(_) => return Ok(()),
+            Err(pipeline::PipelineError::Restart(reason, message)) => {
+                metrics
+                    .pipeline_restarts
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                if started.elapsed() > 4 * MAX_BACKOFF {
+                    backoff = FIRST_BACKOFF;
+                }
+                let hint = if reason == pipeline::RestartReason::Fenced {
+                    " (another producer uses the same transactional_id: each instance needs its own)"
+                } else {
+                    ""
+                };
+                tracing::error!(
+                    reason = reason.as_str(),
+                    error = %message,
+                    backoff_s = backoff.as_secs_f64(),
+                    "restarting the pipeline with new Kafka clients{hint}"
+                );
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    if shutdown.load(Ordering::Acquire) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// SIGTERM/SIGINT start a graceful shutdown (bounded by `timeout`, after

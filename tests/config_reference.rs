@@ -38,7 +38,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "guarantee",
-        "`\"at-least-once\"` or `\"exactly-once\"` (Kafka transactions; refused at start until it is built).",
+        "`\"at-least-once\"` or `\"exactly-once\"` (Kafka transactions: outputs and input offsets committed together; a `read_committed` reader sees each output once).",
     ),
     (
         "transactional_id",
@@ -82,7 +82,15 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "commit_interval",
-        "How often the offsets of fully acknowledged events are committed.",
+        "At least once: how often the offsets of fully acknowledged events are committed.",
+    ),
+    (
+        "transaction_interval",
+        "Exactly once: how long a transaction collects events before it commits (outputs become visible to `read_committed` readers then, so this is about the latency exactly once adds). At most half of `transaction.timeout.ms` (default 10000).",
+    ),
+    (
+        "transaction_max_events",
+        "Exactly once: a transaction also commits once it holds this many events.",
     ),
     (
         "max_api_rules",

@@ -7,7 +7,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::metadata::Metadata;
 
-use crate::config::{Config, ConfigError, Guarantee, OnMissingOffset, Partitioning};
+use crate::config::{Config, ConfigError, OnMissingOffset, Partitioning};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -48,15 +48,15 @@ pub fn producer_config(config: &Config) -> ClientConfig {
     client
 }
 
-/// Settings accepted by the configuration but not implemented yet.
-pub fn check_supported(config: &Config) -> Result<(), ConfigError> {
-    if config.guarantee == Guarantee::ExactlyOnce {
-        return Err(ConfigError::new(
-            "guarantee",
-            "\"exactly-once\" is not available in this version; use \"at-least-once\"",
-        ));
+/// This instance's `transactional.id` (exactly once): the configured
+/// `transactional_id`, or one derived from the group and the host (pod)
+/// name, which a StatefulSet keeps across restarts.
+pub fn transactional_id(config: &Config, instance: &str) -> String {
+    if config.transactional_id.trim().is_empty() {
+        format!("bouncer-{}-{instance}", config.group)
+    } else {
+        config.transactional_id.trim().to_owned()
     }
-    Ok(())
 }
 
 /// librdkafka's `batch.size` when nobody sets it.

@@ -1,4 +1,4 @@
-//! consume → decide → produce, at least once.
+//! consume → decide → produce, at least once or exactly once.
 //!
 //! One thread runs the loop with a `BaseConsumer`, so rebalance callbacks run
 //! on it too and may block to drain. Each consumed event is decided against
@@ -14,12 +14,21 @@
 //! partition to the first unacknowledged event and re-processes from there,
 //! in order (authorisation and missing-topic errors also pause the
 //! partition for a while and show in `/status`).
+//!
+//! Exactly once ([`transaction`]): the same loop, with a transactional
+//! producer; the outputs and the input positions are committed together in
+//! one transaction every `transaction_interval`, and any failure aborts the
+//! transaction and rewinds its partitions. A fatal client error (a fenced
+//! or failed producer, a transaction whose outcome is unknown) ends the run
+//! with [`PipelineError::Restart`]; the caller starts a new one with new
+//! clients.
 
 pub mod kafka;
 pub mod offsets;
 pub mod output;
+mod transaction;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +46,8 @@ use serde::Serialize;
 
 use self::offsets::{OffsetTracker, Ticket};
 use self::output::{Destination, Input, InputHeader, Meta, OutputRecord, Outputs, PartitionChoice};
-use crate::config::{Config, LogOutcomes};
+use self::transaction::{Ended, Transactions};
+use crate::config::{Config, Guarantee, LogOutcomes};
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::reload::RuleStore;
@@ -139,11 +149,22 @@ struct ProducerCtx {
     tracker: Arc<Mutex<OffsetTracker>>,
     failures: Mutex<mpsc::Sender<Failure>>,
     metrics: Arc<Metrics>,
+    /// At least once, an event is done when acknowledged; exactly once,
+    /// when its transaction commits.
+    observe_acks: bool,
+    restart: Arc<RestartFlag>,
 }
 
 impl ClientContext for ProducerCtx {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "kafka producer error");
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+            // The idempotent or transactional producer cannot go on.
+            tracing::error!(error = %error, reason, "fatal kafka producer error");
+            self.restart
+                .set(RestartReason::ProducerFatal, format!("{error}: {reason}"));
+        } else {
+            tracing::warn!(error = %error, reason, "kafka producer error");
+        }
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -158,7 +179,7 @@ impl ProducerContext for ProducerCtx {
         match result {
             Ok(_) => {
                 let current = lock(&self.tracker).acked(pending.ticket);
-                if current {
+                if current && self.observe_acks {
                     self.metrics
                         .processing_duration
                         .observe(pending.consumed_at.elapsed().as_secs_f64());
@@ -200,6 +221,9 @@ struct ConsumerCtx {
     input_topic: String,
     drain_timeout: Duration,
     backpressure: Arc<AtomicBool>,
+    /// Exactly once: the transactions of this run.
+    transactions: Option<Arc<Transactions>>,
+    restart: Arc<RestartFlag>,
 }
 
 impl ClientContext for ConsumerCtx {
@@ -254,7 +278,13 @@ impl ConsumerContext for ConsumerCtx {
             Rebalance::Revoke(tpl) => {
                 self.metrics.rebalances.with_label_values(&["revoke"]).inc();
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                if consumer.assignment_lost() {
+                if self.restart.is_set() {
+                    // Restarting after a fatal error: nothing can be
+                    // committed with these clients.
+                    tracing::warn!(?partitions, "partitions revoked while restarting");
+                } else if let Some(transactions) = &self.transactions {
+                    self.end_transaction_on_revoke(consumer, transactions, &partitions);
+                } else if consumer.assignment_lost() {
                     // Another member may own these already: committing
                     // could move its position. Drop them.
                     tracing::warn!(?partitions, "assignment lost; nothing committed for it");
@@ -292,6 +322,7 @@ impl ConsumerContext for ConsumerCtx {
             }
             Rebalance::Assign(tpl) => {
                 self.metrics.rebalances.with_label_values(&["assign"]).inc();
+
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(?partitions, "partitions assigned");
             }
@@ -310,6 +341,124 @@ impl ConsumerContext for ConsumerCtx {
             .map(|a| a.elements().iter().map(|e| e.partition()).collect())
             .unwrap_or_default();
         self.shared.lock().assigned = assigned;
+    }
+}
+
+impl ConsumerCtx {
+    /// Exactly once, on revoke: commit the open transaction so the next
+    /// owner starts after it; if the assignment was lost, another member
+    /// may own the partitions already, so abort instead (the group
+    /// coordinator would fence the commit anyway). Partitions kept are
+    /// rewound to where an aborted transaction started on them.
+    fn end_transaction_on_revoke(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        transactions: &Transactions,
+        revoked: &[i32],
+    ) {
+        let lost = consumer.assignment_lost();
+        let ended = if lost {
+            tracing::warn!(
+                partitions = ?revoked,
+                "assignment lost; the open transaction is aborted, nothing committed for it"
+            );
+            transactions.abort("assignment lost")
+        } else {
+            self.transactions_commit(consumer, transactions)
+        };
+        if let Ended::Aborted(mut rewind) = ended {
+            rewind.retain(|p, _| !revoked.contains(p));
+            rewind_partitions(consumer, &self.input_topic, &self.tracker, &rewind);
+        }
+        if !lost {
+            tracing::info!(partitions = ?revoked, "partitions revoked after committing");
+        }
+    }
+
+    fn transactions_commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        transactions: &Transactions,
+    ) -> Ended {
+        let ended = transactions.commit(consumer);
+        if let Ended::Fatal(reason, message) = &ended {
+            self.restart.set(*reason, message.clone());
+        }
+        ended
+    }
+}
+
+/// Re-consumes each partition from the offset given, forgetting what is in
+/// flight on it (its late reports become stale).
+fn rewind_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    tracker: &Mutex<OffsetTracker>,
+    from: &BTreeMap<i32, i64>,
+) {
+    for (&partition, &offset) in from {
+        lock(tracker).rewind(partition);
+        tracing::info!(partition, offset, "rewinding partition");
+        if let Err(e) = consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(10),
+        ) {
+            tracing::error!(partition, error = %e, "seek failed");
+        }
+    }
+}
+
+/// Why a run ended to be started again with new clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartReason {
+    /// Another producer with the same `transactional.id` took over.
+    Fenced,
+    /// A transaction's commit or abort timed out: its outcome is unknown.
+    TransactionOutcomeUnknown,
+    /// The producer failed fatally (idempotence or transaction state).
+    ProducerFatal,
+}
+
+impl RestartReason {
+    pub const ALL: [RestartReason; 3] = [
+        RestartReason::Fenced,
+        RestartReason::TransactionOutcomeUnknown,
+        RestartReason::ProducerFatal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Fenced => "fenced",
+            RestartReason::TransactionOutcomeUnknown => "transaction-outcome-unknown",
+            RestartReason::ProducerFatal => "producer-fatal",
+        }
+    }
+}
+
+/// Set once by whoever meets a fatal error first; the loop then ends the run.
+#[derive(Default)]
+struct RestartFlag {
+    set: AtomicBool,
+    why: Mutex<Option<(RestartReason, String)>>,
+}
+
+impl RestartFlag {
+    fn set(&self, reason: RestartReason, message: String) {
+        let mut why = lock(&self.why);
+        if why.is_none() {
+            *why = Some((reason, message));
+            self.set.store(true, Ordering::Release);
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    fn take(&self) -> Option<(RestartReason, String)> {
+        lock(&self.why).take()
     }
 }
 
@@ -344,6 +493,9 @@ fn commit(
 pub enum PipelineError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A fatal client error: start a new run with new clients.
+    #[error("restart ({reason}): {message}", reason = .0.as_str(), message = .1)]
+    Restart(RestartReason, String),
 }
 
 /// What a finished run did.
@@ -370,17 +522,46 @@ pub fn run(
             metrics.produce_errors.with_label_values(&[topic, kind]);
         }
     }
+    let exactly_once = config.guarantee == Guarantee::ExactlyOnce;
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+    let restart = Arc::new(RestartFlag::default());
     let (failures_tx, failures) = mpsc::channel();
     let mut producer_config = kafka::producer_config(config);
     if producer_config.get("statistics.interval.ms").is_none() {
         producer_config.set("statistics.interval.ms", "5000");
     }
+    let transactional_id = kafka::transactional_id(config, &options.instance);
+    if exactly_once {
+        producer_config.set("transactional.id", &transactional_id);
+    }
     let producer: Arc<Producer_> = Arc::new(producer_config.create_with_context(ProducerCtx {
         tracker: tracker.clone(),
         failures: Mutex::new(failures_tx),
         metrics: metrics.clone(),
+        observe_acks: !exactly_once,
+        restart: restart.clone(),
     })?);
+    let transactions = if exactly_once {
+        let timeout = Duration::from_millis(
+            config
+                .producer_property("transaction.timeout.ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(crate::config::TRANSACTION_TIMEOUT_MS),
+        );
+        let give_up = || shutdown.load(Ordering::Acquire);
+        let transactions = Transactions::init(
+            producer.clone(),
+            metrics.clone(),
+            &config.topics.input,
+            timeout,
+            give_up,
+        )
+        .map_err(|(reason, message)| PipelineError::Restart(reason, message))?;
+        tracing::info!(transactional_id, "exactly once: transactions initialised");
+        Some(Arc::new(transactions))
+    } else {
+        None
+    };
     let backpressure = Arc::new(AtomicBool::new(false));
     let mut consumer_config = kafka::consumer_config(config);
     if consumer_config.get("statistics.interval.ms").is_none() {
@@ -394,6 +575,8 @@ pub fn run(
         input_topic: config.topics.input.clone(),
         drain_timeout: config.shutdown_timeout / 2,
         backpressure: backpressure.clone(),
+        transactions: transactions.clone(),
+        restart: restart.clone(),
     })?;
     consumer.subscribe(&[&config.topics.input])?;
     shared
@@ -416,27 +599,44 @@ pub fn run(
         backpressure,
         paused_until: BTreeMap::new(),
         summary: Summary::default(),
+        transactions,
+        restart,
+        refused: HashMap::new(),
     };
     let mut last_commit = Instant::now();
-    while !shutdown.load(Ordering::Acquire) {
+    while !shutdown.load(Ordering::Acquire) && !pipeline.restart.is_set() {
         pipeline.handle_failures();
         pipeline.apply_backpressure();
         pipeline.resume_after_errors();
-        if last_commit.elapsed() >= config.commit_interval {
+        let mut timeout = if pipeline.backpressure.load(Ordering::Relaxed) {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(100)
+        };
+        if let Some(transactions) = pipeline.transactions.clone() {
+            if let Some(due_in) =
+                transactions.due_in(config.transaction_interval, config.transaction_max_events)
+            {
+                if due_in.is_zero() {
+                    pipeline.commit_transaction(&transactions);
+                } else {
+                    timeout = timeout.min(due_in);
+                }
+            }
+        } else if last_commit.elapsed() >= config.commit_interval {
             pipeline.commit_progress();
             last_commit = Instant::now();
         }
-        let timeout = if pipeline.backpressure.load(Ordering::Relaxed) {
-            5
-        } else {
-            100
-        };
         let consumer = pipeline.consumer.clone();
-        match consumer.poll(Duration::from_millis(timeout)) {
+        match consumer.poll(timeout) {
             None => {}
             Some(Ok(message)) => pipeline.process(&message),
             Some(Err(e)) => pipeline.consumer_error(e),
         }
+    }
+    if let Some((reason, message)) = pipeline.restart.take() {
+        pipeline.abandon(&message);
+        return Err(PipelineError::Restart(reason, message));
     }
     pipeline.shut_down();
     Ok(pipeline.summary)
@@ -456,6 +656,14 @@ struct Loop<'c> {
     /// Partitions paused after an error, and until when.
     paused_until: BTreeMap<i32, Instant>,
     summary: Summary,
+    /// Exactly once: the transactions of this run.
+    transactions: Option<Arc<Transactions>>,
+    restart: Arc<RestartFlag>,
+    /// Exactly once: output records the broker refused for good in an
+    /// aborted transaction, by (partition, offset, destination), with the
+    /// error. When the event is processed again, a dead letter is sent in
+    /// their place.
+    refused: HashMap<(i32, i64, Destination), String>,
 }
 
 impl Loop<'_> {
@@ -517,10 +725,20 @@ impl Loop<'_> {
                 }
             }
         };
+        if let Some(transactions) = &self.transactions
+            && let Err((reason, message)) = transactions.begin()
+        {
+            // Not processed: the next run consumes it again.
+            self.restart.set(reason, message);
+            return;
+        }
         let ticket =
             lock(&self.tracker).consumed(input.partition, input.offset, outputs.len() as u32);
         for record in outputs {
             self.send(record, ticket, consumed_at, &input);
+        }
+        if let Some(transactions) = &self.transactions {
+            transactions.record(input.partition, input.offset, consumed_at);
         }
     }
 
@@ -536,13 +754,16 @@ impl Loop<'_> {
 
     /// Hands one record to the producer. A full local queue waits; a record
     /// the client refuses at once for good is replaced by a dead letter.
-    fn send(
+    fn send<'a>(
         &mut self,
-        record: OutputRecord<'_>,
+        mut record: OutputRecord<'a>,
         ticket: Ticket,
         consumed_at: Instant,
-        input: &Input<'_>,
+        input: &'a Input<'_>,
     ) {
+        if !self.refused.is_empty() {
+            record = self.instead_of_refused(record, input);
+        }
         let destination = record.destination;
         let result = self.produce(&record, ticket, consumed_at);
         if let Err(error) = result {
@@ -561,6 +782,87 @@ impl Loop<'_> {
                 self.rewind(ticket, &e.to_string(), ERROR_PAUSE);
             }
         }
+    }
+
+    /// Exactly once: the record to send for one the broker refused for good
+    /// in an aborted transaction (SPEC §6: that record goes to the
+    /// dead-letter topic, without its value if that was refused too).
+    fn instead_of_refused<'a>(
+        &mut self,
+        record: OutputRecord<'a>,
+        input: &'a Input<'_>,
+    ) -> OutputRecord<'a> {
+        let key = (input.partition, input.offset, record.destination);
+        let Some(error) = self.refused.remove(&key) else {
+            return record;
+        };
+        if record.destination == Destination::DeadLetter {
+            return record.without_value();
+        }
+        let dead = output::dead_letter_unproducible(input, record.destination, &error);
+        let dead_key = (input.partition, input.offset, Destination::DeadLetter);
+        if self.refused.remove(&dead_key).is_some() {
+            dead.without_value()
+        } else {
+            dead
+        }
+    }
+
+    /// Exactly once: commits the open transaction; an aborted one is
+    /// processed again, a fatal error ends the run.
+    fn commit_transaction(&mut self, transactions: &Transactions) {
+        match transactions.commit(&self.consumer) {
+            Ended::Committed => {}
+            Ended::Aborted(rewind) => self.rewind_transaction(rewind, RETRY_PAUSE, "commit failed"),
+            Ended::Fatal(reason, message) => self.restart.set(reason, message),
+        }
+    }
+
+    /// Exactly once: aborts the open transaction after a failed delivery.
+    fn abort_transaction(&mut self, transactions: &Transactions, why: &str, pause: Duration) {
+        match transactions.abort(why) {
+            Ended::Committed => {}
+            Ended::Aborted(rewind) => self.rewind_transaction(rewind, pause, why),
+            Ended::Fatal(reason, message) => self.restart.set(reason, message),
+        }
+    }
+
+    /// Re-processes every partition of an aborted transaction from where
+    /// it started there, after pausing them for `pause`.
+    fn rewind_transaction(&mut self, rewind: BTreeMap<i32, i64>, pause: Duration, why: &str) {
+        let mut tpl = TopicPartitionList::new();
+        for &partition in rewind.keys() {
+            let _ = tpl.add_partition(&self.config.topics.input, partition);
+        }
+        let _ = self.consumer.pause(&tpl);
+        rewind_partitions(
+            &self.consumer,
+            &self.config.topics.input,
+            &self.tracker,
+            &rewind,
+        );
+        let until = Instant::now() + pause;
+        let mut status = self.shared.lock();
+        for &partition in rewind.keys() {
+            self.paused_until.insert(partition, until);
+            status
+                .partition_errors
+                .insert(partition, format!("transaction aborted: {why}"));
+        }
+        drop(status);
+        self.metrics
+            .paused_partitions
+            .set(self.paused_until.len() as i64);
+    }
+
+    /// After a fatal error: drop the clients without committing anything.
+    fn abandon(&mut self, why: &str) {
+        tracing::error!(
+            reason = why,
+            consumed = self.summary.consumed,
+            "pipeline stopped after a fatal error; uncommitted events are processed again"
+        );
+        self.shared.lock().last_kafka_error = Some(why.to_owned());
     }
 
     fn produce(
@@ -615,6 +917,10 @@ impl Loop<'_> {
                 .produce_errors
                 .with_label_values(&[&topic, kind(&failure.error)])
                 .inc();
+            if let Some(transactions) = self.transactions.clone() {
+                self.transaction_failure(&transactions, failure, &topic);
+                continue;
+            }
             match classify(&failure.error) {
                 FailureKind::Permanent => {
                     tracing::warn!(topic, error = %failure.error, "record refused by the broker; sending a dead letter instead");
@@ -630,6 +936,30 @@ impl Loop<'_> {
                 }
             }
         }
+    }
+
+    /// Exactly once: a failed delivery fails its transaction. A record
+    /// refused for good is remembered, so that a dead letter replaces it
+    /// when its event is processed again.
+    fn transaction_failure(&mut self, transactions: &Transactions, failure: Failure, topic: &str) {
+        let ticket = failure.pending.ticket;
+        if !lock(&self.tracker).is_current(ticket) {
+            return; // from an aborted transaction, or a revoked partition
+        }
+        let why = format!("producing to {topic}: {}", failure.error);
+        let pause = match classify(&failure.error) {
+            FailureKind::Permanent => {
+                tracing::warn!(topic, error = %failure.error, "record refused by the broker; its event is processed again with a dead letter instead");
+                self.refused.insert(
+                    (ticket.partition, ticket.offset, failure.pending.destination),
+                    failure.error.to_string(),
+                );
+                Duration::ZERO
+            }
+            FailureKind::Blocked => ERROR_PAUSE,
+            FailureKind::Retriable => RETRY_PAUSE,
+        };
+        self.abort_transaction(transactions, &why, pause);
     }
 
     /// A dead letter for an output record the broker refused: its key,
@@ -803,6 +1133,23 @@ impl Loop<'_> {
         let deadline = Instant::now() + self.config.shutdown_timeout.mul_f64(0.8);
         if let Ok(assignment) = self.consumer.assignment() {
             let _ = self.consumer.pause(&assignment);
+        }
+        if let Some(transactions) = self.transactions.clone() {
+            tracing::info!("shutting down: committing the open transaction");
+            match transactions.commit(&self.consumer) {
+                Ended::Committed => {}
+                Ended::Aborted(_) => tracing::warn!(
+                    "the last transaction was aborted: its events will be processed again"
+                ),
+                Ended::Fatal(_, message) => tracing::error!(
+                    error = %message,
+                    "the last transaction failed: its events will be processed again"
+                ),
+            }
+            // Nothing to commit when the partitions are revoked now.
+            self.consumer.unsubscribe();
+            tracing::info!(consumed = self.summary.consumed, "pipeline stopped");
+            return;
         }
         tracing::info!("shutting down: draining in-flight events");
         while lock(&self.tracker).in_flight() > 0 && Instant::now() < deadline {

@@ -125,6 +125,31 @@ fn ensure_broker() {
     }
 }
 
+/// Like [`serial_exclusive`], but the machine-wide lock is the broker's own
+/// when the broker is not the default one (127.0.0.1:9092): a campaign on a
+/// broker of its own (another `KAFKA_PORT`) neither waits for nor blocks the
+/// Kafka tests that other processes run on the default broker. On the
+/// default broker it is [`serial_exclusive`].
+pub fn serial_exclusive_on_broker() -> Serial {
+    let thread = thread_lock();
+    let address = bootstrap();
+    let file = if address == "127.0.0.1:9092" {
+        "bouncer-kafka-tests.lock".to_owned()
+    } else {
+        let name: String = address
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        format!("bouncer-kafka-tests-{name}.lock")
+    };
+    let serial = Serial {
+        _broker: BrokerLock::acquire_at(&std::env::temp_dir().join(file), true),
+        _thread: thread,
+    };
+    ensure_broker();
+    serial
+}
+
 fn thread_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
@@ -138,10 +163,14 @@ struct BrokerLock(Child);
 impl BrokerLock {
     fn acquire(exclusive: bool) -> Option<BrokerLock> {
         let path = std::env::temp_dir().join("bouncer-kafka-tests.lock");
+        BrokerLock::acquire_at(&path, exclusive)
+    }
+
+    fn acquire_at(path: &Path, exclusive: bool) -> Option<BrokerLock> {
         let mut child = Command::new("flock")
             .arg(if exclusive { "--exclusive" } else { "--shared" })
             .args(["--timeout", "900"])
-            .arg(&path)
+            .arg(path)
             .args(["-c", "echo locked; exec cat >/dev/null"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -627,6 +656,144 @@ impl Reader {
     }
 }
 
+/// Which records of transactional producers a reader sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Committed transactions and non-transactional records only.
+    ReadCommitted,
+    /// Everything written, aborted transactions included.
+    ReadUncommitted,
+}
+
+impl Isolation {
+    fn property(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "read_committed",
+            Isolation::ReadUncommitted => "read_uncommitted",
+        }
+    }
+}
+
+fn scan_consumer(isolation: Isolation, eof: bool) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("scan"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation.property())
+        .set("enable.partition.eof", if eof { "true" } else { "false" })
+        .set("fetch.wait.max.ms", "100")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Error)
+        .create()
+        .expect("scan consumer")
+}
+
+/// Per partition of `topic`: the last stable offset (end of what a
+/// `read_committed` reader may read) and the high watermark. They differ
+/// while a transaction is open on the partition.
+pub fn stable_and_high_offsets(topic: &str) -> BTreeMap<i32, (i64, i64)> {
+    let committed = scan_consumer(Isolation::ReadCommitted, false);
+    let uncommitted = scan_consumer(Isolation::ReadUncommitted, false);
+    (0..partitions_of(topic))
+        .map(|p| {
+            // librdkafka asks for the end offset with the client's isolation
+            // level: the last stable offset for a read_committed client.
+            let (_, stable) = committed
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("last stable offset");
+            let (_, high) = uncommitted
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("high watermark");
+            (p, (stable, high))
+        })
+        .collect()
+}
+
+/// Waits up to `timeout` until no transaction is open on any partition of
+/// `topic` (last stable offset = high watermark).
+pub fn wait_transactions_settled(topic: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let offsets = stable_and_high_offsets(topic);
+        let open: BTreeMap<_, _> = offsets.iter().filter(|(_, (s, h))| s != h).collect();
+        if open.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transactions still open on {topic} after {timeout:?} \
+             (partition: (last stable offset, high watermark)): {open:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Reads `topic` from the beginning to its end with `isolation`, handing
+/// each record to `f`; returns how many there were. Nothing may be writing
+/// to `topic` meanwhile. With `read_committed` it first waits (up to
+/// `timeout`) for open transactions to end, so that the end is final.
+///
+/// Unlike [`Reader::read_to_end`], the end of a partition is the consumer's
+/// partition-EOF event, not the offset of the last record delivered: a
+/// partition written by transactions ends with a commit or abort marker,
+/// which is never delivered, and an aborted transaction's records are
+/// skipped by `read_committed`.
+pub fn scan_topic(
+    topic: &str,
+    isolation: Isolation,
+    timeout: Duration,
+    mut f: impl FnMut(Rec),
+) -> usize {
+    let deadline = Instant::now() + timeout;
+    if isolation == Isolation::ReadCommitted {
+        wait_transactions_settled(topic, timeout);
+    }
+    let consumer = scan_consumer(isolation, true);
+    let partitions = partitions_of(topic);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("add partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut at_end = vec![false; partitions as usize];
+    let mut n = 0;
+    while at_end.iter().any(|e| !e) {
+        assert!(
+            Instant::now() < deadline,
+            "could not read {topic} to its end within {timeout:?} ({n} records read; \
+             partitions at the end: {at_end:?})"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                n += 1;
+                f(Rec {
+                    topic: m.topic().to_owned(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                    timestamp: m.timestamp().to_millis(),
+                });
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end[p as usize] = true;
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+        }
+    }
+    n
+}
+
 // ---------------------------------------------------------------------------
 // The topics and configuration of one test.
 // ---------------------------------------------------------------------------
@@ -733,13 +900,20 @@ impl Setup {
 
     /// Writes a configuration file listening on `port`; returns its path.
     pub fn config_file(&self, port: u16) -> PathBuf {
+        self.config_file_with(port, &[])
+    }
+
+    /// [`Setup::config_file`] with `extra` top-level settings (`key = value`
+    /// lines) after [`Setup::top_level`], for one instance only (e.g. its
+    /// `transactional_id`).
+    pub fn config_file_with(&self, port: u16, extra: &[String]) -> PathBuf {
         let t = &self.topics;
         let mut text = format!(
             "group = {group:?}\nrules_dir = {rules:?}\nhttp_listen = \"127.0.0.1:{port}\"\n",
             group = self.group,
             rules = self.rules_dir.display().to_string(),
         );
-        for line in &self.top_level {
+        for line in self.top_level.iter().chain(extra) {
             text.push_str(line);
             text.push('\n');
         }
@@ -774,8 +948,14 @@ impl Setup {
     /// Starts `bouncer run` with a fresh configuration file; `instance`
     /// names it (HOSTNAME, log file).
     pub fn start(&self, instance: &str) -> Bouncer {
+        self.start_with(instance, &[])
+    }
+
+    /// [`Setup::start`] with `extra` top-level settings for this instance
+    /// ([`Setup::config_file_with`]).
+    pub fn start_with(&self, instance: &str, extra: &[String]) -> Bouncer {
         let port = free_port();
-        let config = self.config_file(port);
+        let config = self.config_file_with(port, extra);
         Bouncer::spawn(
             &config,
             port,
@@ -824,13 +1004,22 @@ impl Bouncer {
                 .open(path)
                 .expect("log file")
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_bouncer"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bouncer"));
+        command
             .arg("run")
             .arg("--config")
             .arg(config)
             .env("HOSTNAME", instance)
             .env("RUST_LOG", "info,rdkafka=warn")
-            .env_remove("BOUNCER_GROUP")
+            .env_remove("BOUNCER_GROUP");
+        // The fault campaign's knobs (tests/fault_campaign.rs) are for the
+        // test, not settings: bouncer would refuse `fault_…` as unknown.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("BOUNCER_FAULT_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(open(&log.with_extension("stdout")))
             .stderr(open(log))

@@ -1,0 +1,264 @@
+//! Exactly once (SPEC §6): Kafka transactions as in KIP-447.
+//!
+//! One transactional producer per instance, with a stable
+//! `transactional.id`. The outputs of the events consumed since the last
+//! commit and the input positions after them go into one transaction,
+//! committed every `transaction_interval` or `transaction_max_events`, on
+//! revoke and at shutdown. The consumer group metadata sent with the offsets
+//! lets the group coordinator fence a zombie that lost its partitions.
+//!
+//! A failed transaction is aborted and its partitions rewound to where it
+//! started (the offsets of the last committed transaction), so a
+//! `read_committed` reader sees each output once. When the outcome of a
+//! commit or abort is unknown (a timeout), or the producer is fenced or
+//! failed fatally, the producer cannot be trusted for another transaction:
+//! the caller restarts the pipeline with new clients (librdkafka lacks
+//! KIP-890, so a timed-out commit cannot simply be retried on a fresh
+//! transaction).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Producer_, RestartReason, lock};
+use crate::metrics::Metrics;
+
+/// How one transaction ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Committed, or nothing was open.
+    Committed,
+    /// Aborted: nothing of it is visible. Re-consume each partition from the
+    /// offset given (where the transaction started on it).
+    Aborted(BTreeMap<i32, i64>),
+    /// The producer cannot go on: restart the pipeline with new clients.
+    Fatal(RestartReason, String),
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    started: Option<Instant>,
+    events: usize,
+    /// Per partition: the first offset consumed in this transaction (where
+    /// an abort rewinds to) and the offset after the last (what commits).
+    partitions: BTreeMap<i32, (i64, i64)>,
+    /// When each event was consumed, for the processing-duration histogram.
+    consumed_at: Vec<Instant>,
+}
+
+/// The transaction state of one pipeline run.
+pub struct Transactions {
+    producer: Arc<Producer_>,
+    metrics: Arc<Metrics>,
+    input_topic: String,
+    /// Bound on each transactional call (send offsets, commit, abort).
+    timeout: Duration,
+    open: Mutex<Option<Open>>,
+}
+
+impl Transactions {
+    /// Initialises transactions for the producer: fences an older producer
+    /// with the same `transactional.id` and aborts its open transaction.
+    /// Retries while the coordinator is unreachable until `give_up` says so.
+    pub fn init(
+        producer: Arc<Producer_>,
+        metrics: Arc<Metrics>,
+        input_topic: &str,
+        timeout: Duration,
+        give_up: impl Fn() -> bool,
+    ) -> Result<Transactions, (RestartReason, String)> {
+        loop {
+            match producer.init_transactions(timeout) {
+                Ok(()) => break,
+                Err(e) if is_fatal(&e) || give_up() => return Err(fatal(&e, "initialising")),
+                Err(e) => {
+                    tracing::warn!(error = %e, "initialising transactions; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        Ok(Transactions {
+            producer,
+            metrics,
+            input_topic: input_topic.to_owned(),
+            timeout,
+            open: Mutex::new(None),
+        })
+    }
+
+    /// Opens a transaction unless one is open; call before producing.
+    pub fn begin(&self) -> Result<(), (RestartReason, String)> {
+        let mut open = lock(&self.open);
+        if open.is_none() {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| fatal(&e, "beginning a transaction"))?;
+            *open = Some(Open {
+                started: Some(Instant::now()),
+                ..Open::default()
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a consumed event whose outputs were handed to the producer
+    /// within the open transaction.
+    pub fn record(&self, partition: i32, offset: i64, consumed_at: Instant) {
+        let mut open = lock(&self.open);
+        let Some(open) = open.as_mut() else {
+            debug_assert!(false, "record outside a transaction");
+            return;
+        };
+        open.events += 1;
+        open.consumed_at.push(consumed_at);
+        open.partitions
+            .entry(partition)
+            .and_modify(|(_, next)| *next = offset + 1)
+            .or_insert((offset, offset + 1));
+    }
+
+    /// How long until the open transaction is due, if one is open.
+    pub fn due_in(&self, interval: Duration, max_events: usize) -> Option<Duration> {
+        let open = lock(&self.open);
+        let open = open.as_ref()?;
+        if open.events >= max_events {
+            return Some(Duration::ZERO);
+        }
+        let age = open.started.map_or(interval, |s| s.elapsed());
+        Some(interval.saturating_sub(age))
+    }
+
+    /// Sends the positions after the transaction's events with the group
+    /// metadata, and commits. On failure, aborts (or reports a fatal error).
+    pub fn commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> Ended {
+        let mut guard = lock(&self.open);
+        let Some(open) = guard.take() else {
+            return Ended::Committed;
+        };
+        let started = Instant::now();
+        let result = self.send_offsets_and_commit(consumer, &open);
+        match result {
+            Ok(()) => {
+                self.metrics
+                    .transaction_commit_duration
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                let now = Instant::now();
+                for at in &open.consumed_at {
+                    self.metrics
+                        .processing_duration
+                        .observe(now.saturating_duration_since(*at).as_secs_f64());
+                }
+                Ended::Committed
+            }
+            Err(e) if is_fatal(&e) => {
+                Ended::Fatal(reason_of(&e), format!("committing a transaction: {e}"))
+            }
+            Err(KafkaError::Transaction(e)) if !e.txn_requires_abort() && e.is_retriable() => {
+                // Typically a timeout: the broker may or may not have
+                // committed. Only a new producer (whose initialisation
+                // completes or aborts it) can tell.
+                Ended::Fatal(
+                    RestartReason::TransactionOutcomeUnknown,
+                    format!("committing a transaction: {e}"),
+                )
+            }
+            Err(e) => self.abort_open(open, &format!("committing a transaction: {e}")),
+        }
+    }
+
+    fn send_offsets_and_commit<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        open: &Open,
+    ) -> Result<(), KafkaError> {
+        let mut offsets = TopicPartitionList::new();
+        for (&partition, &(_, next)) in &open.partitions {
+            offsets.add_partition_offset(&self.input_topic, partition, Offset::Offset(next))?;
+        }
+        if offsets.count() > 0 {
+            let metadata = consumer
+                .group_metadata()
+                .ok_or(KafkaError::MessageProduction(RDKafkaErrorCode::State))?;
+            self.producer
+                .send_offsets_to_transaction(&offsets, &metadata, self.timeout)?;
+        }
+        self.producer.commit_transaction(self.timeout)
+    }
+
+    /// Aborts the open transaction, if any.
+    pub fn abort(&self, why: &str) -> Ended {
+        let open = lock(&self.open).take();
+        match open {
+            Some(open) => self.abort_open(open, why),
+            None => Ended::Committed,
+        }
+    }
+
+    fn abort_open(&self, open: Open, why: &str) -> Ended {
+        match self.producer.abort_transaction(self.timeout) {
+            Ok(()) => {
+                self.metrics
+                    .transactions
+                    .with_label_values(&["aborted"])
+                    .inc();
+                tracing::warn!(
+                    reason = why,
+                    events = open.events,
+                    "transaction aborted; its events are processed again"
+                );
+                Ended::Aborted(
+                    open.partitions
+                        .into_iter()
+                        .map(|(partition, (first, _))| (partition, first))
+                        .collect(),
+                )
+            }
+            Err(e) => {
+                let reason = if is_fatal(&e) {
+                    reason_of(&e)
+                } else {
+                    RestartReason::TransactionOutcomeUnknown
+                };
+                Ended::Fatal(reason, format!("aborting a transaction after {why}: {e}"))
+            }
+        }
+    }
+}
+
+fn is_fatal(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(e) => e.is_fatal(),
+        _ => false,
+    }
+}
+
+fn reason_of(error: &KafkaError) -> RestartReason {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(
+            C::Fenced
+            | C::ProducerFenced
+            | C::InvalidProducerEpoch
+            | C::TransactionCoordinatorFenced,
+        ) => RestartReason::Fenced,
+        _ => RestartReason::ProducerFatal,
+    }
+}
+
+fn fatal(error: &KafkaError, doing: &str) -> (RestartReason, String) {
+    let reason = if is_fatal(error) {
+        reason_of(error)
+    } else {
+        RestartReason::ProducerFatal
+    };
+    (reason, format!("{doing}: {error}"))
+}
