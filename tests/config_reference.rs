@@ -42,7 +42,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "transactional_id",
-        "Exactly-once only: the producer's `transactional.id`, stable across restarts and unique per instance. Empty: derived from the host (pod) name.",
+        "Exactly-once only: the producer's `transactional.id`, stable across restarts and unique per instance. Empty: `bouncer-<group>-<host name>` (the pod name in Kubernetes).",
     ),
     (
         "on_missing_offset",
