@@ -284,9 +284,35 @@ fn domain_of<'a>(address: &Cow<'a, str>) -> AddressDomain<'a> {
 
 /// Parses MailerQ's `YYYY-MM-DD HH:MM:SS` (UTC) into Unix seconds.
 pub fn parse_mailerq_time(text: &str) -> Option<i64> {
-    NaiveDateTime::parse_from_str(text, MAILERQ_TIME_FORMAT)
-        .ok()
+    fixed_layout_time(text.as_bytes())
+        .or_else(|| NaiveDateTime::parse_from_str(text, MAILERQ_TIME_FORMAT).ok())
         .map(|t| t.and_utc().timestamp())
+}
+
+/// The common exact layout `YYYY-MM-DD HH:MM:SS` without chrono's format
+/// interpreter (a measurable share of an event's parse); anything else goes
+/// the general way.
+fn fixed_layout_time(b: &[u8]) -> Option<NaiveDateTime> {
+    if b.len() != 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let year = i32::try_from(number(0..4)?).ok()?;
+    chrono::NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)?.and_hms_opt(
+        number(11..13)?,
+        number(14..16)?,
+        number(17..19)?,
+    )
 }
 
 /// Reads the top-level value. serde_json refuses, as a syntax error, a number

@@ -342,3 +342,34 @@ fn maxdelivertime_empty_string_is_no_deadline() {
     let event = parse(br#"{"recipient": "a@x.example", "maxdelivertime": ""}"#).unwrap();
     assert_eq!(event.max_deliver_time, None);
 }
+
+#[test]
+fn maxdelivertime_fast_path_agrees_with_chrono() {
+    let chrono_way = |t: &str| {
+        chrono::NaiveDateTime::parse_from_str(t, bouncer::event::MAILERQ_TIME_FORMAT)
+            .ok()
+            .map(|t| t.and_utc().timestamp())
+    };
+    for t in [
+        "2026-11-27 12:00:00",
+        "1970-01-01 00:00:00",
+        "2024-02-29 23:59:59",
+        "2023-02-29 10:00:00",
+        "2026-13-01 00:00:00",
+        "2026-11-27 24:00:00",
+        "2026-11-27 23:59:60",
+        "2026-11-27T12:00:00",
+        "2026-1-27 12:00:00",
+        "2026-11-27 12:00:0x",
+        "+202-11-27 12:00:00",
+        "9999-12-31 23:59:59",
+        "0000-01-01 00:00:00",
+        "",
+    ] {
+        assert_eq!(
+            bouncer::event::parse_mailerq_time(t),
+            chrono_way(t),
+            "{t:?}"
+        );
+    }
+}

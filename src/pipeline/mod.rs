@@ -56,6 +56,8 @@ use crate::rules::Outcome;
 /// How long a partition stays paused after an authorisation or
 /// missing-topic error before it is tried again.
 const ERROR_PAUSE: Duration = Duration::from_secs(5);
+/// Events processed between two rounds of housekeeping at most.
+const HOUSEKEEPING_EVENTS: u32 = 64;
 /// Pause after a retriable failure, so a dead broker is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -604,11 +606,31 @@ pub fn run(
         refused: HashMap::new(),
     };
     let mut last_commit = Instant::now();
+    // Housekeeping (failures, backpressure, commits) runs when the consumer
+    // is idle and otherwise every HOUSEKEEPING_EVENTS events or 1 ms, not
+    // for every event: it takes locks the producer thread also needs.
+    let mut since_housekeeping = HOUSEKEEPING_EVENTS;
+    let mut last_housekeeping = Instant::now();
+    let mut timeout = Duration::ZERO;
     while !shutdown.load(Ordering::Acquire) && !pipeline.restart.is_set() {
+        if since_housekeeping < HOUSEKEEPING_EVENTS
+            && last_housekeeping.elapsed() < Duration::from_millis(1)
+        {
+            since_housekeeping += 1;
+            let consumer = pipeline.consumer.clone();
+            match consumer.poll(timeout) {
+                None => since_housekeeping = HOUSEKEEPING_EVENTS,
+                Some(Ok(message)) => pipeline.process(&message),
+                Some(Err(e)) => pipeline.consumer_error(e),
+            }
+            continue;
+        }
+        since_housekeeping = 0;
+        last_housekeeping = Instant::now();
         pipeline.handle_failures();
         pipeline.apply_backpressure();
         pipeline.resume_after_errors();
-        let mut timeout = if pipeline.backpressure.load(Ordering::Relaxed) {
+        timeout = if pipeline.backpressure.load(Ordering::Relaxed) {
             Duration::from_millis(5)
         } else {
             Duration::from_millis(100)
@@ -629,7 +651,7 @@ pub fn run(
         }
         let consumer = pipeline.consumer.clone();
         match consumer.poll(timeout) {
-            None => {}
+            None => since_housekeeping = HOUSEKEEPING_EVENTS,
             Some(Ok(message)) => pipeline.process(&message),
             Some(Err(e)) => pipeline.consumer_error(e),
         }
