@@ -188,7 +188,7 @@ fn run_pipeline(
                     backoff = FIRST_BACKOFF;
                 }
                 let hint = if reason == pipeline::RestartReason::Fenced {
-                    " (another producer uses the same transactional_id: each instance needs its own)"
+                    " (the producer's epoch was bumped: either another instance uses the same transactional_id, and each needs its own, or a transaction outlived transaction.timeout.ms, e.g. across a broker outage, and the broker aborted it)"
                 } else {
                     ""
                 };
