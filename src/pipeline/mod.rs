@@ -39,7 +39,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -155,6 +155,9 @@ struct ProducerCtx {
     /// when its transaction commits.
     observe_acks: bool,
     restart: Arc<RestartFlag>,
+    /// Delivery reports handled so far, so that serving stops once a poll
+    /// finds none.
+    reports: AtomicU64,
 }
 
 impl ClientContext for ProducerCtx {
@@ -178,6 +181,7 @@ impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = Box<Pending>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        self.reports.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(_) => {
                 let current = lock(&self.tracker).acked(pending.ticket);
@@ -213,7 +217,10 @@ impl ProducerContext for ProducerCtx {
     }
 }
 
-type Producer_ = ThreadedProducer<ProducerCtx>;
+/// Polled by the loop thread itself (see [`Loop::serve_deliveries`]): the
+/// delivery reports update the tracker without a second thread contending
+/// for its lock or freeing what this one allocated.
+type Producer_ = BaseProducer<ProducerCtx>;
 
 struct ConsumerCtx {
     tracker: Arc<Mutex<OffsetTracker>>,
@@ -542,6 +549,7 @@ pub fn run(
         metrics: metrics.clone(),
         observe_acks: !exactly_once,
         restart: restart.clone(),
+        reports: AtomicU64::new(0),
     })?);
     let transactions = if exactly_once {
         let timeout = Duration::from_millis(
@@ -628,9 +636,10 @@ pub fn run(
         since_housekeeping = 0;
         last_housekeeping = Instant::now();
         pipeline.handle_failures();
-        pipeline.apply_backpressure();
+        let in_flight = pipeline.apply_backpressure();
         pipeline.resume_after_errors();
-        timeout = if pipeline.backpressure.load(Ordering::Relaxed) {
+        // Deliveries are served between polls: wait briefly while any are due.
+        timeout = if in_flight > 0 {
             Duration::from_millis(5)
         } else {
             Duration::from_millis(100)
@@ -922,17 +931,30 @@ impl Loop<'_> {
             match self.producer.send(base) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // The local queue is full: wait for deliveries to drain it.
+                    // The local queue is full: serve deliveries until it drains.
                     base = back;
-                    std::thread::sleep(Duration::from_millis(1));
+                    self.producer.poll(Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(e),
             }
         }
     }
 
-    /// Deals with failed deliveries reported by the producer thread.
+    /// Serves the producer's delivery reports until none is waiting.
+    fn serve_deliveries(&self) {
+        let reports = &self.producer.context().reports;
+        for _ in 0..1000 {
+            let before = reports.load(Ordering::Relaxed);
+            self.producer.poll(Duration::ZERO);
+            if reports.load(Ordering::Relaxed) == before {
+                return;
+            }
+        }
+    }
+
+    /// Deals with failed deliveries reported by the producer.
     fn handle_failures(&mut self) {
+        self.serve_deliveries();
         while let Ok(failure) = self.failures.try_recv() {
             let topic = self.topic(failure.pending.destination).to_owned();
             self.metrics
@@ -1101,8 +1123,9 @@ impl Loop<'_> {
             .set(self.paused_until.len() as i64);
     }
 
-    /// Pauses every partition while too much is in flight, resumes below half.
-    fn apply_backpressure(&mut self) {
+    /// Pauses every partition while too much is in flight, resumes below
+    /// half. Returns the number in flight.
+    fn apply_backpressure(&mut self) -> usize {
         let in_flight = lock(&self.tracker).in_flight();
         self.metrics.in_flight.set(in_flight as i64);
         let paused = self.backpressure.load(Ordering::Relaxed);
@@ -1126,6 +1149,7 @@ impl Loop<'_> {
         let mut status = self.shared.lock();
         status.in_flight = in_flight;
         status.backpressure = self.backpressure.load(Ordering::Relaxed);
+        in_flight
     }
 
     fn commit_progress(&mut self) {
@@ -1177,7 +1201,6 @@ impl Loop<'_> {
         while lock(&self.tracker).in_flight() > 0 && Instant::now() < deadline {
             self.handle_failures();
             let _ = self.consumer.poll(Duration::from_millis(10));
-            self.producer.poll(Duration::from_millis(0));
         }
         let _ = self
             .producer

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::Producer;
+use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Producer_, RestartReason, lock};
@@ -204,6 +204,15 @@ impl Transactions {
     }
 
     fn abort_open(&self, open: Open, why: &str) -> Ended {
+        // librdkafka's abort waits until every outstanding message is gone,
+        // which needs their delivery reports served: purge them and serve
+        // the reports here, on the thread that polls the producer.
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        let deadline = Instant::now() + self.timeout;
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(10));
+        }
         match self.producer.abort_transaction(self.timeout) {
             Ok(()) => {
                 self.metrics
