@@ -1,5 +1,5 @@
 //! Deterministic generators of realistic rule sets and delivery events,
-//! shared by the `decide` and `reload` benches (see BENCHMARKS.md).
+//! shared by the `decide`, `reload` and `e2e` benches (see BENCHMARKS.md).
 //!
 //! Rules are written as TOML and loaded through `parse_files`, the path a
 //! real reload takes, so every benchmarked `Rule` is one validation produced.
@@ -534,35 +534,81 @@ fn event_json(e: &EventSpec, rng: &mut Rng) -> String {
 /// of `set`: traffic events first, to see how many match on their own, then
 /// enough of them aimed at a random rule to make up the rest.
 pub fn events(specs: &[RuleSpec], set: &RuleSet, count: usize, seed: u64) -> Vec<String> {
-    // Rules outside their time window cannot be aimed at.
-    let active: Vec<&RuleSpec> = specs
-        .iter()
-        .filter(|r| set.get(&r.id).is_some_and(|r| r.is_active(now())))
-        .collect();
-    let mut rng = Rng::new(seed);
-    let mut traffic = 0;
-    for _ in 0..count {
-        let e = traffic_event(&mut rng);
-        let _ = (rng.below(1000), rng.below(active.len().max(1) as u64));
-        let json = event_json(&e, &mut rng);
-        let event = Event::parse(json.as_bytes(), DEFAULT_MAX_EVENT_BYTES).expect("valid event");
-        traffic += usize::from(!set.decide(&event, now()).matched.is_empty());
+    let mut stream = EventStream::new(specs, set, count, seed);
+    (0..count).map(|_| stream.next_event()).collect()
+}
+
+/// The events of [`events`], one at a time and without end, for workloads
+/// too large to hold in memory (the end-to-end bench writes millions). The
+/// share of aimed events is set from the first `sample` traffic events;
+/// with `sample` equal to the count taken, the events are those of
+/// [`events`].
+pub struct EventStream<'s> {
+    /// Rules inside their time window: the only ones events can be aimed at.
+    active: Vec<&'s RuleSpec>,
+    rng: Rng,
+    aim_rng: Rng,
+    aim_per_mille: u64,
+    /// How many of the sampled traffic events matched some rule, per mille.
+    traffic_per_mille: u64,
+}
+
+impl<'s> EventStream<'s> {
+    pub fn new(specs: &'s [RuleSpec], set: &RuleSet, sample: usize, seed: u64) -> Self {
+        let active: Vec<&RuleSpec> = specs
+            .iter()
+            .filter(|r| set.get(&r.id).is_some_and(|r| r.is_active(now())))
+            .collect();
+        let mut rng = Rng::new(seed);
+        let mut traffic = 0;
+        for _ in 0..sample {
+            let e = traffic_event(&mut rng);
+            let _ = (rng.below(1000), rng.below(active.len().max(1) as u64));
+            let json = event_json(&e, &mut rng);
+            let event =
+                Event::parse(json.as_bytes(), DEFAULT_MAX_EVENT_BYTES).expect("valid event");
+            traffic += usize::from(!set.decide(&event, now()).matched.is_empty());
+        }
+        let traffic_per_mille = (traffic * 1000 / sample.max(1)) as u64;
+        EventStream {
+            active,
+            rng: Rng::new(seed),
+            aim_rng: Rng::new(!seed),
+            aim_per_mille: MATCH_PER_MILLE.saturating_sub(traffic_per_mille),
+            traffic_per_mille,
+        }
     }
-    let aim_per_mille = MATCH_PER_MILLE.saturating_sub((traffic * 1000 / count.max(1)) as u64);
-    let mut rng = Rng::new(seed);
-    let mut aim_rng = Rng::new(!seed);
-    (0..count)
-        .map(|_| {
-            let mut e = traffic_event(&mut rng);
-            // The same draws as above, so the traffic is the same events.
-            let roll = rng.below(1000);
-            let rule = rng.below(active.len().max(1) as u64) as usize;
-            if roll < aim_per_mille && !active.is_empty() {
-                aim(&mut e, active[rule], &mut aim_rng);
-            }
-            event_json(&e, &mut rng)
-        })
-        .collect()
+
+    /// The next event as JSON.
+    pub fn next_event(&mut self) -> String {
+        let rng = &mut self.rng;
+        let mut e = traffic_event(rng);
+        // The same draws as in `new`, so the traffic is the same events.
+        let roll = rng.below(1000);
+        let rule = rng.below(self.active.len().max(1) as u64) as usize;
+        if roll < self.aim_per_mille && !self.active.is_empty() {
+            aim(&mut e, self.active[rule], &mut self.aim_rng);
+        }
+        event_json(&e, rng)
+    }
+
+    /// Per mille of the sampled traffic that matched some rule on its own,
+    /// and per mille of events aimed at a rule on top.
+    pub fn shares(&self) -> (u64, u64) {
+        (self.traffic_per_mille, self.aim_per_mille)
+    }
+}
+
+/// Writes rule files under `dir` (their names are relative paths).
+pub fn write_rule_files(dir: &Path, files: &RuleFiles) -> std::io::Result<()> {
+    for (name, text) in &files.files {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    Ok(())
 }
 
 /// A rule set with its events, as the benches use them.
