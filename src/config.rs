@@ -154,7 +154,7 @@ impl Default for Config {
             stall_after: Duration::from_secs(60),
             max_rule_series: 1_000,
             shutdown_timeout: Duration::from_secs(20),
-            max_in_flight: 20_000,
+            max_in_flight: 10_000,
             commit_interval: Duration::from_secs(1),
             transaction_interval: Duration::from_millis(100),
             transaction_max_events: 10_000,
@@ -208,7 +208,9 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
     ("batch.num.messages", "10000"),
     ("compression.type", "lz4"),
     ("queue.buffering.max.messages", "100000"),
-    ("queue.buffering.max.kbytes", "65536"),
+    // With max_in_flight and the consumer's queue, bounds memory: steady
+    // RSS stays under 128 MiB whatever the backlog (BENCHMARKS.md).
+    ("queue.buffering.max.kbytes", "16384"),
     // Room for a 1 MiB event plus headers and the appended result.
     ("message.max.bytes", "2097152"),
     ("message.timeout.ms", "300000"),
@@ -224,7 +226,11 @@ pub const TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
 /// bouncer's consumer defaults: a bounded pre-fetch queue.
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
-    ("queued.max.messages.kbytes", "32768"),
+    ("queued.max.messages.kbytes", "8192"),
+    // librdkafka's 1000 ms idles a consumer for a second whenever its
+    // pre-fetch queue was full: it capped a drain at ~40k events/s with the
+    // CPU mostly idle (BENCHMARKS.md).
+    ("fetch.queue.backoff.ms", "10"),
     ("fetch.max.bytes", "16777216"),
     ("session.timeout.ms", "45000"),
     ("receive.message.max.bytes", "33554432"),

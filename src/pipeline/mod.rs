@@ -612,6 +612,8 @@ pub fn run(
         transactions,
         restart,
         refused: HashMap::new(),
+        now: Utc::now(),
+        last_consumed_at: Instant::now(),
     };
     let mut last_commit = Instant::now();
     // Housekeeping (failures, backpressure, commits) runs when the consumer
@@ -621,8 +623,12 @@ pub fn run(
     let mut last_housekeeping = Instant::now();
     let mut timeout = Duration::ZERO;
     while !shutdown.load(Ordering::Acquire) && !pipeline.restart.is_set() {
+        // The clock is read once per event, by `process`.
         if since_housekeeping < HOUSEKEEPING_EVENTS
-            && last_housekeeping.elapsed() < Duration::from_millis(1)
+            && pipeline
+                .last_consumed_at
+                .saturating_duration_since(last_housekeeping)
+                < Duration::from_millis(1)
         {
             since_housekeeping += 1;
             let consumer = pipeline.consumer.clone();
@@ -635,6 +641,7 @@ pub fn run(
         }
         since_housekeeping = 0;
         last_housekeeping = Instant::now();
+        pipeline.now = Utc::now();
         pipeline.handle_failures();
         let in_flight = pipeline.apply_backpressure();
         pipeline.resume_after_errors();
@@ -695,12 +702,17 @@ struct Loop<'c> {
     /// error. When the event is processed again, a dead letter is sent in
     /// their place.
     refused: HashMap<(i32, i64, Destination), String>,
+    /// The time decisions are made at.
+    now: chrono::DateTime<Utc>,
+    /// When the last event was consumed.
+    last_consumed_at: Instant,
 }
 
 impl Loop<'_> {
     fn process(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) {
         self.summary.consumed += 1;
         let consumed_at = Instant::now();
+        self.last_consumed_at = consumed_at;
         self.shared.consumed(consumed_at);
         let headers: Vec<InputHeader<'_>> = message
             .headers()
@@ -715,7 +727,9 @@ impl Loop<'_> {
             headers,
             timestamp: message.timestamp().to_millis(),
         };
-        let now = Utc::now();
+        // Refreshed at each round of housekeeping (1 ms at most): rule time
+        // windows and result times have a resolution of a second.
+        let now = self.now;
         let meta = Meta {
             instance: &self.options.instance,
             now,

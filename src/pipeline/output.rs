@@ -66,7 +66,17 @@ impl Input<'_> {
     /// `<topic>/<partition>/<offset>`: identifies the input in `bouncer-input`,
     /// the result entry and logs, so duplicates after a crash can be matched.
     pub fn coordinates(&self) -> String {
-        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+        // Once per output record: without the formatting machinery.
+        let mut partition = itoa::Buffer::new();
+        let mut offset = itoa::Buffer::new();
+        let (partition, offset) = (partition.format(self.partition), offset.format(self.offset));
+        let mut s = String::with_capacity(self.topic.len() + partition.len() + offset.len() + 2);
+        s.push_str(self.topic);
+        s.push('/');
+        s.push_str(partition);
+        s.push('/');
+        s.push_str(offset);
+        s
     }
 }
 
