@@ -56,6 +56,9 @@ use crate::rules::Outcome;
 /// How long a partition stays paused after an authorisation or
 /// missing-topic error before it is tried again.
 const ERROR_PAUSE: Duration = Duration::from_secs(5);
+/// How long the loop waits for acknowledgements, without consuming, before
+/// backpressure pauses the partitions.
+const BACKPRESSURE_GRACE: Duration = Duration::from_millis(200);
 /// Events processed between two rounds of housekeeping at most.
 const HOUSEKEEPING_EVENTS: u32 = 64;
 /// Pause after a retriable failure, so a dead broker is not hammered.
@@ -1140,9 +1143,22 @@ impl Loop<'_> {
     /// Pauses every partition while too much is in flight, resumes below
     /// half. Returns the number in flight.
     fn apply_backpressure(&mut self) -> usize {
-        let in_flight = lock(&self.tracker).in_flight();
-        self.metrics.in_flight.set(in_flight as i64);
+        let mut in_flight = lock(&self.tracker).in_flight();
         let paused = self.backpressure.load(Ordering::Relaxed);
+        if !paused && in_flight >= self.config.max_in_flight {
+            // A short wait for acknowledgements first: pausing makes
+            // librdkafka drop its pre-fetched messages and fetch them again
+            // on resume, which costs more than the wait when the producer
+            // is merely a few milliseconds behind. Only a longer stall (a
+            // broker away) pauses the partitions.
+            let until = Instant::now() + BACKPRESSURE_GRACE;
+            while in_flight > self.config.max_in_flight * 3 / 4 && Instant::now() < until {
+                self.producer.poll(Duration::from_millis(1));
+                self.handle_failures();
+                in_flight = lock(&self.tracker).in_flight();
+            }
+        }
+        self.metrics.in_flight.set(in_flight as i64);
         if !paused && in_flight >= self.config.max_in_flight {
             if let Ok(assignment) = self.consumer.assignment() {
                 let _ = self.consumer.pause(&assignment);

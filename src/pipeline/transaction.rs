@@ -141,6 +141,7 @@ impl Transactions {
             return Ended::Committed;
         };
         let started = Instant::now();
+        self.serve_until_delivered(started + self.timeout);
         let result = self.send_offsets_and_commit(consumer, &open);
         match result {
             Ok(()) => {
@@ -172,6 +173,15 @@ impl Transactions {
                 )
             }
             Err(e) => self.abort_open(open, &format!("committing a transaction: {e}")),
+        }
+    }
+
+    /// Serves delivery reports until every message is delivered, before
+    /// committing: rust-rdkafka's `commit_transaction` flushes first, and
+    /// its flush waits in steps of 100 ms once anything is outstanding.
+    fn serve_until_delivered(&self, deadline: Instant) {
+        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+            self.producer.poll(Duration::from_millis(1));
         }
     }
 
