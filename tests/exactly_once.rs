@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kafka_support::{
-    Bouncer, Feed, Input, Isolation, Rec, Setup, TestProducer, TopicSpec, WAIT, create_topics,
-    event, inputs_by_coordinates, metric, scan_topic, serial, wait_committed_to_end,
+    Bouncer, Feed, Input, Isolation, Rec, Setup, TestProducer, WAIT, event, inputs_by_coordinates,
+    metric, scan_topic, serial, wait_committed_to_end,
 };
 use serde_json::json;
 
@@ -164,38 +164,7 @@ fn an_aborted_transaction_leaves_no_visible_output() {
     let t = setup.topics.clone();
     // The forward topic refuses batches above 20000 bytes: one big event's
     // forward record fails at the broker, which fails its transaction.
-    create_topics(&[
-        TopicSpec {
-            name: &t.input,
-            partitions: 2,
-            config: &[],
-        },
-        TopicSpec {
-            name: &t.forward,
-            partitions: 2,
-            config: &[("max.message.bytes", "20000")],
-        },
-        TopicSpec {
-            name: &t.results,
-            partitions: 2,
-            config: &[],
-        },
-        TopicSpec {
-            name: &t.retry,
-            partitions: 2,
-            config: &[],
-        },
-        TopicSpec {
-            name: &t.dead_letter,
-            partitions: 1,
-            config: &[],
-        },
-        TopicSpec {
-            name: &t.control,
-            partitions: 1,
-            config: &[("cleanup.policy", "compact")],
-        },
-    ]);
+    setup.create_topics_with_small_forward("20000");
     // A long transaction, so that the events before the big one are
     // written in the transaction that fails.
     let mut bouncer = setup.start_with("eos-abort", &exactly_once("eos-abort", "3s"));

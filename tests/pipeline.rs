@@ -944,38 +944,7 @@ fn an_unproducible_record_is_dead_lettered_and_its_partition_keeps_flowing() {
     // with it.
     let setup = Setup::new("too-big", &[("r.toml", CANCEL_RULES)]);
     let t = setup.topics.clone();
-    create_topics(&[
-        TopicSpec {
-            name: &t.input,
-            partitions: 2,
-            config: &[],
-        },
-        TopicSpec {
-            name: &t.forward,
-            partitions: 2,
-            config: &[("max.message.bytes", "20000")],
-        },
-        TopicSpec {
-            name: &t.results,
-            partitions: 2,
-            config: &[],
-        },
-        TopicSpec {
-            name: &t.retry,
-            partitions: 2,
-            config: &[],
-        },
-        TopicSpec {
-            name: &t.dead_letter,
-            partitions: 1,
-            config: &[],
-        },
-        TopicSpec {
-            name: &t.control,
-            partitions: 1,
-            config: &[("cleanup.policy", "compact")],
-        },
-    ]);
+    setup.create_topics_with_small_forward("20000");
     let mut bouncer = setup.start("too-big");
     bouncer.wait_ready();
 

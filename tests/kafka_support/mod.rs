@@ -500,6 +500,27 @@ pub struct Rec {
 }
 
 impl Rec {
+    /// A copy of a consumed record.
+    pub fn of(m: &impl Message) -> Rec {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Rec {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp: m.timestamp().to_millis(),
+        }
+    }
+
     /// The last value of header `name`, as text.
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
@@ -573,25 +594,9 @@ impl Reader {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.consumer.poll(left.min(Duration::from_millis(100))) {
                 Some(Ok(m)) => {
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
                     self.next
                         .insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
-                    self.records.push(Rec {
-                        topic: m.topic().to_owned(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        value: m.payload().map(<[u8]>::to_vec),
-                        headers,
-                        timestamp: m.timestamp().to_millis(),
-                    });
+                    self.records.push(Rec::of(&m));
                     n += 1;
                     continue; // drain what is there before looking at the clock
                 }
@@ -766,24 +771,8 @@ pub fn scan_topic(
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 n += 1;
-                f(Rec {
-                    topic: m.topic().to_owned(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                    timestamp: m.timestamp().to_millis(),
-                });
+                f(Rec::of(&m));
             }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 at_end[p as usize] = true;
@@ -895,6 +884,27 @@ impl Setup {
                 partitions: 1,
                 config: &[("cleanup.policy", "compact")],
             },
+        ]);
+    }
+
+    /// Two-partition topics (one for dead letters) whose forward topic
+    /// takes batches of at most `max_message_bytes`: a record larger than
+    /// that is refused by the broker, not by the client.
+    pub fn create_topics_with_small_forward(&self, max_message_bytes: &str) {
+        let t = &self.topics;
+        let limit = [("max.message.bytes", max_message_bytes)];
+        let topic = |name, partitions, config| TopicSpec {
+            name,
+            partitions,
+            config,
+        };
+        create_topics(&[
+            topic(&t.input, 2, &[]),
+            topic(&t.forward, 2, &limit),
+            topic(&t.results, 2, &[]),
+            topic(&t.retry, 2, &[]),
+            topic(&t.dead_letter, 1, &[]),
+            topic(&t.control, 1, &[("cleanup.policy", "compact")]),
         ]);
     }
 
