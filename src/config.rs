@@ -29,6 +29,14 @@ pub struct Config {
     /// event has been consumed for this long.
     #[serde(with = "humantime_serde")]
     pub stall_after: Duration,
+    /// An assigned input partition that has not started fetching after this
+    /// long (librdkafka can leave one waiting for its committed offset for
+    /// ever after a coordinator error) restarts the pipeline with new
+    /// clients. Exactly once, `transaction.timeout.ms` is added: an open
+    /// transaction of a killed instance legitimately holds the offsets back
+    /// that long.
+    #[serde(with = "humantime_serde")]
+    pub fetch_start_timeout: Duration,
     /// Most per-rule metric series; matches of further rules are counted
     /// under `rule="_other"`.
     pub max_rule_series: usize,
@@ -152,6 +160,7 @@ impl Default for Config {
             log_outcomes: LogOutcomes::Each,
             log_format: crate::logging::LogFormat::Text,
             stall_after: Duration::from_secs(60),
+            fetch_start_timeout: Duration::from_secs(30),
             max_rule_series: 1_000,
             shutdown_timeout: Duration::from_secs(20),
             max_in_flight: 10_000,
@@ -384,6 +393,12 @@ impl Config {
             return Err(ConfigError::new(
                 "transaction_max_events",
                 "must be at least 1",
+            ));
+        }
+        if self.fetch_start_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "fetch_start_timeout",
+                "must be longer than 0 (e.g. \"30s\")",
             ));
         }
         if self.transaction_interval.is_zero() {

@@ -214,7 +214,7 @@ impl ControlWriter {
             .set("linger.ms", "0")
             // A POST answers 503 rather than hang when Kafka is away.
             .set("message.timeout.ms", "5000");
-        client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        crate::pipeline::kafka::set_log_level(&mut client);
         Ok(ControlWriter {
             producer: client.create()?,
             topic: config.topics.control.clone(),
@@ -300,7 +300,7 @@ pub fn spawn_reader(
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "500");
-    client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    crate::pipeline::kafka::set_log_level(&mut client);
     let consumer: ControlConsumer = client
         .create_with_context(ControlCtx::default())
         .map_err(|e| e.to_string())?;

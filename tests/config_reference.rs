@@ -69,6 +69,10 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
         "`/status` reports consumption as stalled when there is lag and no event has been consumed for this long.",
     ),
     (
+        "fetch_start_timeout",
+        "An assigned input partition that has not started fetching after this long (librdkafka can leave one waiting for its committed offset for ever after a group coordinator error) ends the run: the pipeline shuts down (commits, leaves the group) and starts again with new clients (`bouncer_pipeline_restarts_total{reason=\"fetch-stuck\"}`). Exactly once, `transaction.timeout.ms` is added.",
+    ),
+    (
         "max_rule_series",
         "Most per-rule metric series; matches of further rules are counted under `rule=\"_other\"`.",
     ),

@@ -21,6 +21,7 @@
 //! | `BOUNCER_FAULT_SEED` | from the clock | the fault plan's seed (printed) |
 //! | `BOUNCER_FAULT_BUDGET_SECONDS` | 540 | every wait of the campaign ends by then |
 //! | `BOUNCER_FAULT_CONFIG` | | top-level settings for every instance, one per line; each replaces the test's default for its key |
+//! | `BOUNCER_FAULT_KAFKA` | | `[kafka]` lines for every instance (e.g. `debug = "cgrp,eos"`, with `TEST_BOUNCER_RUST_LOG=info,librdkafka=debug`) |
 //!
 //! Exactly once, each instance gets `guarantee = "exactly-once"` and a
 //! `transactional_id` of its own, kept across its restarts; the transaction
@@ -85,10 +86,25 @@ struct Knobs {
     seed: u64,
     budget: Duration,
     extra_config: Vec<String>,
+    /// `[kafka]` lines for every instance.
+    extra_kafka: Vec<String>,
 }
 
 fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The non-empty lines of an environment variable, trimmed.
+fn env_lines(name: &str) -> Vec<String> {
+    env_var(name)
+        .map(|v| {
+            v.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -125,15 +141,8 @@ impl Knobs {
             instances: env_number("BOUNCER_FAULT_INSTANCES", 2),
             seed: env_number("BOUNCER_FAULT_SEED", clock_seed),
             budget: Duration::from_secs(env_number("BOUNCER_FAULT_BUDGET_SECONDS", 540)),
-            extra_config: env_var("BOUNCER_FAULT_CONFIG")
-                .map(|v| {
-                    v.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            extra_config: env_lines("BOUNCER_FAULT_CONFIG"),
+            extra_kafka: env_lines("BOUNCER_FAULT_KAFKA"),
         };
         assert!(knobs.events > 0, "BOUNCER_FAULT_EVENTS: must be at least 1");
         assert!(
@@ -814,6 +823,7 @@ fn fault_campaign() {
     let mut setup = Setup::new("fault-campaign", &[("r.toml", RULES)]);
     // 100,000 "delivery stopped" lines would bury what matters in the logs.
     setup.top_level.push("log_outcomes = \"none\"".to_owned());
+    setup.kafka.extend(knobs.extra_kafka.iter().cloned());
     for line in &knobs.extra_config {
         let key = |l: &str| l.split('=').next().unwrap_or_default().trim().to_owned();
         setup.top_level.retain(|l| key(l) != key(line));
@@ -1058,6 +1068,7 @@ fn the_plan_spreads_every_fault_over_the_feed() {
         seed: 7,
         budget: Duration::from_secs(540),
         extra_config: Vec::new(),
+        extra_kafka: Vec::new(),
     };
     let steps = plan(&knobs, &mut Rng(7));
     let count = |f: &dyn Fn(Action) -> bool| steps.iter().filter(|s| f(s.action)).count();

@@ -11,6 +11,19 @@ use crate::config::{Config, ConfigError, OnMissingOffset, Partitioning};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// librdkafka logs warnings and errors, or everything when the user set its
+/// `debug` property (e.g. `debug = "cgrp,eos"` under `[kafka]`): those lines
+/// go to bouncer's log with the target `librdkafka` at level debug, so
+/// `RUST_LOG=info,librdkafka=debug` shows them.
+pub fn set_log_level(client: &mut ClientConfig) {
+    let level = if client.get("debug").is_some_and(|d| !d.trim().is_empty()) {
+        rdkafka::config::RDKafkaLogLevel::Debug
+    } else {
+        rdkafka::config::RDKafkaLogLevel::Warning
+    };
+    client.set_log_level(level);
+}
+
 /// Consumer properties: the user's over bouncer's defaults, then the ones
 /// bouncer owns.
 pub fn consumer_config(config: &Config) -> ClientConfig {
@@ -32,7 +45,7 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Inputs written by transactional producers are read once committed.
         .set("isolation.level", "read_committed");
-    client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    set_log_level(&mut client);
     client
 }
 
@@ -44,7 +57,7 @@ pub fn producer_config(config: &Config) -> ClientConfig {
         client.set(k, v);
     }
     client.set("enable.idempotence", "true").set("acks", "all");
-    client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    set_log_level(&mut client);
     client
 }
 
@@ -244,7 +257,7 @@ fn admin_config(config: &Config) -> ClientConfig {
     for (k, v) in &config.kafka.common {
         client.set(k, v);
     }
-    client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    set_log_level(&mut client);
     client
 }
 

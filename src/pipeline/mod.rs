@@ -23,6 +23,7 @@
 //! with [`PipelineError::Restart`]; the caller starts a new one with new
 //! clients.
 
+mod fetch_watch;
 pub mod kafka;
 pub mod offsets;
 pub mod output;
@@ -44,6 +45,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use self::fetch_watch::FetchWatch;
 use self::offsets::{OffsetTracker, Ticket};
 use self::output::{Destination, Input, InputHeader, Meta, OutputRecord, Outputs, PartitionChoice};
 use self::transaction::{Ended, Transactions};
@@ -236,6 +238,7 @@ struct ConsumerCtx {
     /// Exactly once: the transactions of this run.
     transactions: Option<Arc<Transactions>>,
     restart: Arc<RestartFlag>,
+    fetch_watch: Mutex<FetchWatch>,
 }
 
 impl ClientContext for ConsumerCtx {
@@ -243,7 +246,27 @@ impl ClientContext for ConsumerCtx {
         self.metrics.client_statistics("consumer", &statistics);
         let mut status = self.shared.lock();
         status.kafka_connected = statistics.brokers.values().any(|b| b.state == "UP");
-        let Some(topic) = statistics.topics.get(&self.input_topic) else {
+        let topic = statistics.topics.get(&self.input_topic);
+        let states = status.assigned.iter().map(|p| {
+            let state = topic
+                .and_then(|t| t.partitions.get(p))
+                .map(|p| p.fetch_state.as_str());
+            (*p, state)
+        });
+        let mut watch = lock(&self.fetch_watch);
+        let stuck = watch.observe(Instant::now(), status.kafka_connected, states);
+        if !stuck.is_empty() && !self.restart.is_set() {
+            self.restart.set(
+                RestartReason::FetchStuck,
+                format!(
+                    "input partitions {stuck:?} have been assigned for {} s without starting to \
+                     fetch (librdkafka is not fetching their committed offsets; fetch_start_timeout)",
+                    watch.timeout().as_secs()
+                ),
+            );
+        }
+        drop(watch);
+        let Some(topic) = topic else {
             return;
         };
         for partition in &status.assigned.clone() {
@@ -431,13 +454,18 @@ pub enum RestartReason {
     TransactionOutcomeUnknown,
     /// The producer failed fatally (idempotence or transaction state).
     ProducerFatal,
+    /// An assigned partition did not start fetching within
+    /// `fetch_start_timeout` (see [`fetch_watch`]). The clients still work:
+    /// the run ends with a normal shutdown (commit, leave the group).
+    FetchStuck,
 }
 
 impl RestartReason {
-    pub const ALL: [RestartReason; 3] = [
+    pub const ALL: [RestartReason; 4] = [
         RestartReason::Fenced,
         RestartReason::TransactionOutcomeUnknown,
         RestartReason::ProducerFatal,
+        RestartReason::FetchStuck,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -445,6 +473,7 @@ impl RestartReason {
             RestartReason::Fenced => "fenced",
             RestartReason::TransactionOutcomeUnknown => "transaction-outcome-unknown",
             RestartReason::ProducerFatal => "producer-fatal",
+            RestartReason::FetchStuck => "fetch-stuck",
         }
     }
 }
@@ -576,6 +605,12 @@ pub fn run(
         None
     };
     let backpressure = Arc::new(AtomicBool::new(false));
+    // Exactly once, an open transaction of a killed instance holds the
+    // committed offsets back (UNSTABLE_OFFSET_COMMIT) until it times out.
+    let fetch_start_timeout = config.fetch_start_timeout
+        + transactions
+            .as_ref()
+            .map_or(Duration::ZERO, |t| t.timeout());
     let mut consumer_config = kafka::consumer_config(config);
     if consumer_config.get("statistics.interval.ms").is_none() {
         consumer_config.set("statistics.interval.ms", "1000");
@@ -590,6 +625,7 @@ pub fn run(
         backpressure: backpressure.clone(),
         transactions: transactions.clone(),
         restart: restart.clone(),
+        fetch_watch: Mutex::new(FetchWatch::new(fetch_start_timeout)),
     })?;
     consumer.subscribe(&[&config.topics.input])?;
     shared
@@ -676,7 +712,12 @@ pub fn run(
         }
     }
     if let Some((reason, message)) = pipeline.restart.take() {
-        pipeline.abandon(&message);
+        if reason == RestartReason::FetchStuck {
+            tracing::warn!(reason = %message, "restarting the pipeline: shutting down first");
+            pipeline.shut_down();
+        } else {
+            pipeline.abandon(&message);
+        }
         return Err(PipelineError::Restart(reason, message));
     }
     pipeline.shut_down();

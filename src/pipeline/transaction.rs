@@ -91,6 +91,11 @@ impl Transactions {
         })
     }
 
+    /// The bound on each transactional call: `transaction.timeout.ms`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Opens a transaction unless one is open; call before producing.
     pub fn begin(&self) -> Result<(), (RestartReason, String)> {
         let mut open = lock(&self.open);

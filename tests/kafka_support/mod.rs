@@ -1020,7 +1020,13 @@ impl Bouncer {
             .arg("--config")
             .arg(config)
             .env("HOSTNAME", instance)
-            .env("RUST_LOG", "info,rdkafka=warn")
+            // TEST_BOUNCER_RUST_LOG replaces the filter, e.g.
+            // `info,librdkafka=debug` with librdkafka's `debug` property.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_BOUNCER_RUST_LOG")
+                    .unwrap_or_else(|_| "info,rdkafka=warn".to_owned()),
+            )
             .env_remove("BOUNCER_GROUP");
         // The fault campaign's knobs (tests/fault_campaign.rs) are for the
         // test, not settings: bouncer would refuse `fault_…` as unknown.

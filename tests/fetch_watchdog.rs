@@ -1,0 +1,193 @@
+//! A partition whose fetcher never starts (issue #7): librdkafka (2.12)
+//! leaves an assigned partition waiting for its committed offset for ever
+//! when the group coordinator answers the OffsetFetch with a request-level
+//! error such as NOT_COORDINATOR, which happens while a restarted broker
+//! loads the group (confluentinc/librdkafka#5586). The consumer stays in
+//! the group, owns the partition and consumes nothing from it.
+//!
+//! bouncer watches the fetch state of its assigned partitions and, when one
+//! has not started fetching for `fetch_start_timeout`, ends the run so that
+//! `bouncer run` starts it again with new clients (`reason="fetch-stuck"`).
+//! librdkafka's mock cluster injects the error here (fault injection, SPEC
+//! §6); the pipeline runs in-process, as in `bouncer demo`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bouncer::config::Config;
+use bouncer::metrics::Metrics;
+use bouncer::pipeline::{self, Options, PipelineError, RestartReason, Shared};
+use bouncer::reload::RuleStore;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaApiKey;
+use rdkafka::types::RDKafkaRespErr;
+
+const EVENTS: usize = 200;
+
+fn config(bootstrap: &str) -> Config {
+    let vars = [
+        ("BOUNCER_KAFKA__BOOTSTRAP_SERVERS", bootstrap),
+        ("BOUNCER_HTTP_LISTEN", "127.0.0.1:0"),
+        ("BOUNCER_GROUP", "fetch-watchdog"),
+        ("BOUNCER_SHUTDOWN_TIMEOUT", "5s"),
+        ("BOUNCER_FETCH_START_TIMEOUT", "3s"),
+        ("BOUNCER_COMMIT_INTERVAL", "100ms"),
+    ];
+    // Short group timeouts: the mock cluster's rebalance after the first
+    // run leaves the group waits about a session timeout.
+    Config::from_parts(
+        "[kafka.consumer]\n\"session.timeout.ms\" = 6000\n\"heartbeat.interval.ms\" = 1000\n\"max.poll.interval.ms\" = 10000\n",
+        vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    )
+    .expect("config")
+}
+
+fn produce(bootstrap: &str, topic: &str, n: usize) {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    for i in 0..n {
+        let event = format!(
+            r#"{{"recipient":"user{i}@example.com","envelope":"b@shop.example","pool":"p1","ips":["192.0.2.1"],"tags":["t"],"mime":"Subject: hi\r\n\r\nHello"}}"#
+        );
+        let key = i.to_string();
+        producer
+            .send(BaseRecord::to(topic).key(&key).payload(&event))
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Records in `topic` (all partitions), read from the start.
+fn count(bootstrap: &str, topic: &str, partitions: i32) -> usize {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "fetch-watchdog-reader")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("reader");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut n = 0;
+    let mut eof = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while eof < partitions && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(_)) => n += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+#[test]
+fn a_partition_that_never_starts_fetching_restarts_the_pipeline() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let bootstrap = cluster.bootstrap_servers();
+    let config = config(&bootstrap);
+    let t = &config.topics;
+    for topic in [&t.input, &t.forward, &t.results, &t.retry, &t.dead_letter] {
+        cluster.create_topic(topic, 2, 1).expect("topic");
+    }
+    cluster.create_topic(&t.control, 1, 1).expect("topic");
+    produce(&bootstrap, &t.input, EVENTS);
+
+    // The group coordinator answers the first OffsetFetch with a
+    // request-level NOT_COORDINATOR.
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetFetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR],
+    );
+
+    let store = Arc::new(RuleStore::new());
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared::default());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let options = Options {
+        instance: "fetch-watchdog".into(),
+    };
+    let started = Instant::now();
+    let first = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            pipeline::run(
+                &config,
+                store.clone(),
+                metrics.clone(),
+                shared.clone(),
+                shutdown.clone(),
+                &options,
+            )
+        });
+        // Bounded: without the watchdog the run never ends by itself.
+        while !run.is_finished() && started.elapsed() < Duration::from_secs(40) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let consumed_before_stop = metrics_consumed(&metrics);
+        shutdown.store(true, Ordering::Release);
+        (run.join().expect("pipeline thread"), consumed_before_stop)
+    });
+    let (result, consumed) = first;
+    match result {
+        Err(PipelineError::Restart(RestartReason::FetchStuck, message)) => {
+            assert!(
+                message.contains("fetch_start_timeout"),
+                "the reason names the setting: {message}"
+            );
+        }
+        other => panic!(
+            "expected the run to end with a fetch-stuck restart after ~3 s; it ended with {other:?} after {:?} having consumed {consumed} events",
+            started.elapsed()
+        ),
+    }
+
+    // A new run (as `bouncer run` starts) gets the partitions going.
+    shutdown.store(false, Ordering::Release);
+    let second = std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            pipeline::run(
+                &config,
+                store.clone(),
+                metrics.clone(),
+                shared.clone(),
+                shutdown.clone(),
+                &options,
+            )
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metrics_consumed(&metrics) < EVENTS as u64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        shutdown.store(true, Ordering::Release);
+        run.join().expect("pipeline thread")
+    });
+    second.expect("the second run ends cleanly");
+    assert_eq!(
+        metrics_consumed(&metrics),
+        EVENTS as u64,
+        "the second run processes every event"
+    );
+    assert_eq!(
+        count(&bootstrap, &t.forward, 2),
+        EVENTS,
+        "every event forwarded"
+    );
+}
+
+fn metrics_consumed(metrics: &Metrics) -> u64 {
+    ["forwarded", "failed", "deferred", "invalid"]
+        .iter()
+        .map(|o| metrics.events(o))
+        .sum()
+}
