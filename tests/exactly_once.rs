@@ -10,19 +10,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kafka_support::{
-    Bouncer, Feed, Input, Isolation, Rec, Setup, TestProducer, WAIT, event, inputs_by_coordinates,
-    metric, scan_topic, serial, wait_committed_to_end,
+    Bouncer, FEED_RULES, Feed, Input, Isolation, Rec, Setup, TestProducer, WAIT, event,
+    inputs_by_coordinates, metric, scan_topic, serial, wait_committed_to_end,
 };
 use serde_json::json;
-
-const RULES: &str = r#"
-[[rule]]
-id = "cancel-campaign-x"
-code = 550
-status = "5.7.1"
-description = "Campaign X cancelled by the customer"
-tags = ["campaign_X", "customer_Y"]
-"#;
 
 /// Top-level settings of an exactly-once instance.
 fn exactly_once(transactional_id: &str, interval: &str) -> Vec<String> {
@@ -37,15 +28,6 @@ fn start(setup: &Setup, instance: &str, transactional_id: &str) -> Bouncer {
     let mut b = setup.start_with(instance, &exactly_once(transactional_id, "200ms"));
     b.wait_ready();
     b
-}
-
-/// Waits until the feed has sent at least `n` events.
-fn wait_sent(feed: &Feed, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while feed.sent() < n {
-        assert!(Instant::now() < deadline, "feed stalled at {}", feed.sent());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Every committed output record of the test's output topics.
@@ -118,13 +100,13 @@ fn stop(mut b: Bouncer) {
 #[test]
 fn outputs_are_visible_once_across_sigkills() {
     let _serial = serial();
-    let setup = Setup::new("eos-kill", &[("r.toml", RULES)]);
+    let setup = Setup::new("eos-kill", &[("r.toml", FEED_RULES)]);
     setup.create_topics(4);
     let t = setup.topics.clone();
     let mut bouncer = start(&setup, "eos-kill-0", "eos-kill");
     let feed = Feed::start(&t.input, "kill", 4, 6000, Duration::from_secs(15));
     for round in 1..=2 {
-        wait_sent(&feed, round * 2000);
+        feed.wait_sent(round * 2000);
         bouncer.wait_processed(300.0);
         bouncer.kill();
         // The same transactional_id: the new producer aborts the killed
@@ -160,7 +142,7 @@ fn noise(len: usize) -> String {
 #[test]
 fn an_aborted_transaction_leaves_no_visible_output() {
     let _serial = serial();
-    let setup = Setup::new("eos-abort", &[("r.toml", RULES)]);
+    let setup = Setup::new("eos-abort", &[("r.toml", FEED_RULES)]);
     let t = setup.topics.clone();
     // The forward topic refuses batches above 20000 bytes: one big event's
     // forward record fails at the broker, which fails its transaction.
@@ -219,12 +201,12 @@ fn an_aborted_transaction_leaves_no_visible_output() {
 #[test]
 fn a_fenced_producer_restarts_and_nothing_is_duplicated() {
     let _serial = serial();
-    let setup = Setup::new("eos-fenced", &[("r.toml", RULES)]);
+    let setup = Setup::new("eos-fenced", &[("r.toml", FEED_RULES)]);
     setup.create_topics(4);
     let t = setup.topics.clone();
     let a = start(&setup, "eos-fenced-a", "eos-same-id");
     let feed = Feed::start(&t.input, "fenced", 4, 4000, Duration::from_secs(10));
-    wait_sent(&feed, 1000);
+    feed.wait_sent(1000);
     // A second instance, misconfigured with the same transactional_id:
     // its initialisation fences the first one's producer.
     let b = start(&setup, "eos-fenced-b", "eos-same-id");
@@ -264,7 +246,7 @@ fn signal(b: &Bouncer, sig: &str) {
 #[test]
 fn a_lost_assignment_never_commits() {
     let _serial = serial();
-    let setup = Setup::new("eos-lost", &[("r.toml", RULES)]);
+    let setup = Setup::new("eos-lost", &[("r.toml", FEED_RULES)]);
     setup.create_topics(4);
     let t = setup.topics.clone();
     // Long transactions: A surely has one open when it is frozen.
@@ -275,7 +257,7 @@ fn a_lost_assignment_never_commits() {
     b.wait_ready();
     b.wait_assigned();
     let feed = Feed::start(&t.input, "lost", 4, 6000, Duration::from_secs(20));
-    wait_sent(&feed, 1500);
+    feed.wait_sent(1500);
     a.wait_processed(200.0);
     // Frozen past its session timeout (6 s), not past the transaction
     // timeout (10 s): the group gives A's partitions to B, and A wakes up

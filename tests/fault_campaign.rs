@@ -36,24 +36,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kafka_support::{
-    Bouncer, Feed, Isolation, Rec, Setup, bootstrap, broker_is_managed, kafka_sh, metric,
-    scan_topic, serial, serial_exclusive_on_broker, wait_committed_to_end,
+    Bouncer, FEED_RULES, Feed, Isolation, Rec, Setup, bootstrap, broker_is_managed, kafka_sh,
+    metric, scan_topic, serial, serial_exclusive_on_broker, wait_committed_to_end,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 const PARTITIONS: i32 = 6;
 const RULE_ID: &str = "cancel-campaign-x";
-/// The feed tags every 7th event with both tags: failed by this rule, its
-/// output is a result record; every other event is forwarded.
-const RULES: &str = r#"
-[[rule]]
-id = "cancel-campaign-x"
-code = 550
-status = "5.7.1"
-description = "Campaign X cancelled by the customer"
-tags = ["campaign_X", "customer_Y"]
-"#;
 
 // ---------------------------------------------------------------------------
 // Knobs.
@@ -820,7 +810,7 @@ fn fault_campaign() {
         .collect();
     eprintln!("fault campaign: plan: {}", plan_text.join(", "));
 
-    let mut setup = Setup::new("fault-campaign", &[("r.toml", RULES)]);
+    let mut setup = Setup::new("fault-campaign", &[("r.toml", FEED_RULES)]);
     // 100,000 "delivery stopped" lines would bury what matters in the logs.
     setup.top_level.push("log_outcomes = \"none\"".to_owned());
     setup.kafka.extend(knobs.extra_kafka.iter().cloned());

@@ -5,30 +5,12 @@
 
 mod kafka_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kafka_support::{
-    Feed, Reader, Setup, WAIT, assert_no_loss, broker_is_managed, inputs_by_coordinates, kafka_sh,
-    metric, serial, wait_committed_to_end,
+    FEED_RULES, Feed, Reader, Setup, assert_no_loss, broker_is_managed, inputs_by_coordinates,
+    kafka_sh, metric, serial, wait_committed_to_end,
 };
-
-const RULES: &str = r#"
-[[rule]]
-id = "cancel-campaign-x"
-code = 550
-status = "5.7.1"
-description = "Campaign X cancelled by the customer"
-tags = ["campaign_X", "customer_Y"]
-"#;
-
-/// Waits until the feed has sent at least `n` events.
-fn wait_sent(feed: &Feed, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    while feed.sent() < n {
-        assert!(Instant::now() < deadline, "feed stalled at {}", feed.sent());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// After the feed is done: the group commits the end of the input, and
 /// every input has an output. Returns the number of duplicates.
@@ -57,7 +39,7 @@ fn check_no_loss(setup: &Setup, total: usize) -> usize {
 #[test]
 fn sigkill_mid_stream_loses_nothing() {
     let _serial = serial();
-    let setup = Setup::new("sigkill", &[("r.toml", RULES)]);
+    let setup = Setup::new("sigkill", &[("r.toml", FEED_RULES)]);
     setup.create_topics(4);
     let t = setup.topics.clone();
     let mut bouncer = setup.start("sigkill-0");
@@ -65,7 +47,7 @@ fn sigkill_mid_stream_loses_nothing() {
     let feed = Feed::start(&t.input, "kill", 4, 9000, Duration::from_secs(24));
 
     for round in 1..=3 {
-        wait_sent(&feed, round * 2000);
+        feed.wait_sent(round * 2000);
         bouncer.wait_processed(300.0);
         bouncer.kill();
         // The killed member's partitions go to the next one once its session
@@ -101,13 +83,13 @@ fn broker_restart_mid_stream_loses_nothing() {
         eprintln!("skipped: the broker on KAFKA_BOOTSTRAP is not managed by scripts/kafka.sh");
         return;
     }
-    let setup = Setup::new("broker-restart", &[("r.toml", RULES)]);
+    let setup = Setup::new("broker-restart", &[("r.toml", FEED_RULES)]);
     setup.create_topics(4);
     let t = setup.topics.clone();
     let mut bouncer = setup.start("broker-restart");
     bouncer.wait_ready();
     let feed = Feed::start(&t.input, "restart", 4, 6000, Duration::from_secs(20));
-    wait_sent(&feed, 1500);
+    feed.wait_sent(1500);
     bouncer.wait_processed(500.0);
     {
         let _guard = BrokerGuard;
@@ -130,14 +112,14 @@ fn broker_restart_mid_stream_loses_nothing() {
 #[test]
 fn instances_joining_and_leaving_mid_stream_lose_nothing() {
     let _serial = serial();
-    let setup = Setup::new("rebalance", &[("r.toml", RULES)]);
+    let setup = Setup::new("rebalance", &[("r.toml", FEED_RULES)]);
     setup.create_topics(6);
     let t = setup.topics.clone();
     let mut a = setup.start("rebalance-a");
     a.wait_ready();
     a.wait_assigned();
     let feed = Feed::start(&t.input, "rebalance", 6, 8000, Duration::from_secs(20));
-    wait_sent(&feed, 1500);
+    feed.wait_sent(1500);
 
     // B joins: some partitions move to it while events flow.
     let mut b = setup.start("rebalance-b");
@@ -153,7 +135,7 @@ fn instances_joining_and_leaving_mid_stream_lose_nothing() {
     assert!(a_events > 0.0, "a processed events before leaving");
 
     // A leaves cleanly: its partitions are drained, committed and handed over.
-    wait_sent(&feed, 5000);
+    feed.wait_sent(5000);
     a.terminate();
     let exit = a.wait_exit(Duration::from_secs(15)).expect("a exits");
     assert!(exit.success(), "exit status {exit}");

@@ -815,7 +815,8 @@ impl Loop<'_> {
             }
         };
         if let Some(transactions) = &self.transactions
-            && let Err((reason, message)) = transactions.begin()
+            && let Err((reason, message)) =
+                transactions.record(input.partition, input.offset, consumed_at)
         {
             // Not processed: the next run consumes it again.
             self.restart.set(reason, message);
@@ -825,9 +826,6 @@ impl Loop<'_> {
             lock(&self.tracker).consumed(input.partition, input.offset, outputs.len() as u32);
         for record in outputs {
             self.send(record, ticket, consumed_at, &input);
-        }
-        if let Some(transactions) = &self.transactions {
-            transactions.record(input.partition, input.offset, consumed_at);
         }
     }
 

@@ -96,8 +96,14 @@ impl Transactions {
         self.timeout
     }
 
-    /// Opens a transaction unless one is open; call before producing.
-    pub fn begin(&self) -> Result<(), (RestartReason, String)> {
+    /// Adds a consumed event to the open transaction, opening one if
+    /// none is; call before producing its outputs.
+    pub fn record(
+        &self,
+        partition: i32,
+        offset: i64,
+        consumed_at: Instant,
+    ) -> Result<(), (RestartReason, String)> {
         let mut open = lock(&self.open);
         if open.is_none() {
             self.producer
@@ -108,23 +114,14 @@ impl Transactions {
                 ..Open::default()
             });
         }
-        Ok(())
-    }
-
-    /// Records a consumed event whose outputs were handed to the producer
-    /// within the open transaction.
-    pub fn record(&self, partition: i32, offset: i64, consumed_at: Instant) {
-        let mut open = lock(&self.open);
-        let Some(open) = open.as_mut() else {
-            debug_assert!(false, "record outside a transaction");
-            return;
-        };
+        let open = open.as_mut().expect("a transaction is open");
         open.events += 1;
         open.consumed_at.push(consumed_at);
         open.partitions
             .entry(partition)
             .and_modify(|(_, next)| *next = offset + 1)
             .or_insert((offset, offset + 1));
+        Ok(())
     }
 
     /// How long until the open transaction is due, if one is open.

@@ -1319,6 +1319,18 @@ pub fn id_of(value: Option<&[u8]>) -> Option<String> {
     v.get("id")?.as_str().map(str::to_owned)
 }
 
+/// The rule that fails every 7th event of a [`Feed`] (tags `campaign_X`
+/// and `customer_Y`): its output is a result record, every other event's a
+/// forward.
+pub const FEED_RULES: &str = r#"
+[[rule]]
+id = "cancel-campaign-x"
+code = 550
+status = "5.7.1"
+description = "Campaign X cancelled by the customer"
+tags = ["campaign_X", "customer_Y"]
+"#;
+
 /// Events produced at a steady pace by a background thread.
 pub struct Feed {
     handle: Option<std::thread::JoinHandle<usize>>,
@@ -1374,6 +1386,15 @@ impl Feed {
 
     pub fn sent(&self) -> usize {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` events are sent.
+    pub fn wait_sent(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.sent() < n {
+            assert!(Instant::now() < deadline, "feed stalled at {}", self.sent());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for the feed to finish and returns how many it sent.
