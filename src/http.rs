@@ -135,6 +135,7 @@ async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
             "assigned_partitions": pipeline.assigned,
             "lag": pipeline.lag,
             "partition_errors": pipeline.partition_errors,
+            "not_fetching": pipeline.not_fetching,
             "backpressure": pipeline.backpressure,
             "in_flight": pipeline.in_flight,
             "stalled": state.pipeline.stalled(),

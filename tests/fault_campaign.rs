@@ -15,13 +15,25 @@
 //! | `BOUNCER_FAULT_EVENTS` | 100000 | input events |
 //! | `BOUNCER_FAULT_FEED_SECONDS` | 150 | how long the feed takes to send them |
 //! | `BOUNCER_FAULT_KILLS` | 20 | SIGKILLs |
-//! | `BOUNCER_FAULT_BROKER_RESTARTS` | 2 | `scripts/kafka.sh restart` |
+//! | `BOUNCER_FAULT_BROKER_RESTARTS` | 2 | broker restarts |
+//! | `BOUNCER_FAULT_BROKER_STOP` | `graceful` | `scripts/kafka.sh restart` (SIGTERM, controlled shutdown), or `kill` (SIGKILL, then `start`) |
 //! | `BOUNCER_FAULT_REBALANCES` | 4 | members added, and later removed (SIGTERM) |
 //! | `BOUNCER_FAULT_INSTANCES` | 2 | members running throughout |
 //! | `BOUNCER_FAULT_SEED` | from the clock | the fault plan's seed (printed) |
 //! | `BOUNCER_FAULT_BUDGET_SECONDS` | 540 | every wait of the campaign ends by then |
 //! | `BOUNCER_FAULT_CONFIG` | | top-level settings for every instance, one per line; each replaces the test's default for its key |
 //! | `BOUNCER_FAULT_KAFKA` | | `[kafka]` lines for every instance (e.g. `debug = "cgrp,eos"`, with `TEST_BOUNCER_RUST_LOG=info,librdkafka=debug`) |
+//!
+//! Broker anomalies seen with Kafka 4.4.0 (single node), which no client
+//! can prevent, and which make a run fail now and then (details in
+//! docs/operations.md, "Exactly once"): a controlled shutdown while a
+//! transaction commits can record it as complete in `__transaction_state`
+//! although its markers never reach the partitions' logs (after the restart
+//! its outputs are aborted while its consumer offsets stand: losses);
+//! `kill` restarts (SIGKILL) failed all three runs tried: a transaction left
+//! hanging on output partitions, the outputs of a committed transaction
+//! without its consumer offsets (duplicates), and a group that consumed
+//! nothing for two minutes (not diagnosed).
 //!
 //! Exactly once, each instance gets `guarantee = "exactly-once"` and a
 //! `transactional_id` of its own, kept across its restarts; the transaction
@@ -78,6 +90,8 @@ struct Knobs {
     extra_config: Vec<String>,
     /// `[kafka]` lines for every instance.
     extra_kafka: Vec<String>,
+    /// Broker restarts by SIGTERM (controlled shutdown) instead of SIGKILL.
+    graceful_broker_stop: bool,
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -133,6 +147,16 @@ impl Knobs {
             budget: Duration::from_secs(env_number("BOUNCER_FAULT_BUDGET_SECONDS", 540)),
             extra_config: env_lines("BOUNCER_FAULT_CONFIG"),
             extra_kafka: env_lines("BOUNCER_FAULT_KAFKA"),
+            graceful_broker_stop: match env_var("BOUNCER_FAULT_BROKER_STOP")
+                .as_deref()
+                .map(str::trim)
+            {
+                None | Some("graceful") => true,
+                Some("kill") => false,
+                Some(other) => panic!(
+                    "BOUNCER_FAULT_BROKER_STOP: expected \"kill\" or \"graceful\", got {other:?}"
+                ),
+            },
         };
         assert!(knobs.events > 0, "BOUNCER_FAULT_EVENTS: must be at least 1");
         assert!(
@@ -362,6 +386,7 @@ impl<'s> Fleet<'s> {
                 return;
             }
             if Instant::now() >= deadline {
+                self.print_statuses();
                 if deadline == self.deadline {
                     panic!(
                         "the campaign's time budget ({:?}, BOUNCER_FAULT_BUDGET_SECONDS) ran out \
@@ -499,15 +524,45 @@ impl<'s> Fleet<'s> {
         }
     }
 
+    /// Each live member's `/status` (assignment, lag, paused partitions,
+    /// in flight, last Kafka error), for a wait that timed out.
+    fn print_statuses(&self) {
+        for m in &self.members {
+            if let Some(process) = &m.process {
+                let status = process.get("/status").map_or_else(
+                    || "no answer".to_owned(),
+                    |(code, body)| format!("{code} {body}"),
+                );
+                eprintln!("fault campaign: /status of {}: {status}", m.name);
+            }
+        }
+    }
+
     fn restart_broker(&mut self, n: usize) {
         // A process still starting checks the topics first, and gives up if
         // the broker is away; a running one must ride it out.
         self.wait_all_ready("before the broker restart");
-        self.note(&format!("broker restart {n}: scripts/kafka.sh restart"));
         let began = Instant::now();
-        if !kafka_sh(&["restart"]).success() {
-            let _ = kafka_sh(&["start"]);
-            panic!("scripts/kafka.sh restart failed");
+        if self.knobs.graceful_broker_stop {
+            self.note(&format!(
+                "broker restart {n}: scripts/kafka.sh restart (graceful)"
+            ));
+            if !kafka_sh(&["restart"]).success() {
+                let _ = kafka_sh(&["start"]);
+                panic!("scripts/kafka.sh restart failed");
+            }
+        } else {
+            self.note(&format!(
+                "broker restart {n}: scripts/kafka.sh kill (SIGKILL), then start"
+            ));
+            assert!(
+                kafka_sh(&["kill"]).success(),
+                "scripts/kafka.sh kill failed"
+            );
+            assert!(
+                kafka_sh(&["start"]).success(),
+                "scripts/kafka.sh start failed"
+            );
         }
         self.note(&format!(
             "broker restart {n}: the broker answers again after {:.1}s",
@@ -1059,6 +1114,7 @@ fn the_plan_spreads_every_fault_over_the_feed() {
         budget: Duration::from_secs(540),
         extra_config: Vec::new(),
         extra_kafka: Vec::new(),
+        graceful_broker_stop: true,
     };
     let steps = plan(&knobs, &mut Rng(7));
     let count = |f: &dyn Fn(Action) -> bool| steps.iter().filter(|s| f(s.action)).count();

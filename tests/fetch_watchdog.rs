@@ -111,34 +111,10 @@ fn a_partition_that_never_starts_fetching_restarts_the_pipeline() {
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR],
     );
 
-    let store = Arc::new(RuleStore::new());
-    let metrics = Arc::new(Metrics::new());
-    let shared = Arc::new(Shared::default());
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let options = Options {
-        instance: "fetch-watchdog".into(),
-    };
+    let pipeline = Pipeline::new();
     let started = Instant::now();
-    let first = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            pipeline::run(
-                &config,
-                store.clone(),
-                metrics.clone(),
-                shared.clone(),
-                shutdown.clone(),
-                &options,
-            )
-        });
-        // Bounded: without the watchdog the run never ends by itself.
-        while !run.is_finished() && started.elapsed() < Duration::from_secs(40) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let consumed_before_stop = metrics_consumed(&metrics);
-        shutdown.store(true, Ordering::Release);
-        (run.join().expect("pipeline thread"), consumed_before_stop)
-    });
-    let (result, consumed) = first;
+    // Bounded: without the watchdog the run never ends by itself.
+    let result = pipeline.run_while(&config, Duration::from_secs(40), || true);
     match result {
         Err(PipelineError::Restart(RestartReason::FetchStuck, message)) => {
             assert!(
@@ -147,34 +123,21 @@ fn a_partition_that_never_starts_fetching_restarts_the_pipeline() {
             );
         }
         other => panic!(
-            "expected the run to end with a fetch-stuck restart after ~3 s; it ended with {other:?} after {:?} having consumed {consumed} events",
-            started.elapsed()
+            "expected the run to end with a fetch-stuck restart after ~3 s; it ended with {other:?} \
+             after {:?} having consumed {} events",
+            started.elapsed(),
+            pipeline.consumed()
         ),
     }
 
     // A new run (as `bouncer run` starts) gets the partitions going.
-    shutdown.store(false, Ordering::Release);
-    let second = std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            pipeline::run(
-                &config,
-                store.clone(),
-                metrics.clone(),
-                shared.clone(),
-                shutdown.clone(),
-                &options,
-            )
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while metrics_consumed(&metrics) < EVENTS as u64 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        shutdown.store(true, Ordering::Release);
-        run.join().expect("pipeline thread")
-    });
-    second.expect("the second run ends cleanly");
+    pipeline
+        .run_while(&config, Duration::from_secs(30), || {
+            pipeline.consumed() < EVENTS as u64
+        })
+        .expect("the second run ends cleanly");
     assert_eq!(
-        metrics_consumed(&metrics),
+        pipeline.consumed(),
         EVENTS as u64,
         "the second run processes every event"
     );
@@ -185,9 +148,62 @@ fn a_partition_that_never_starts_fetching_restarts_the_pipeline() {
     );
 }
 
-fn metrics_consumed(metrics: &Metrics) -> u64 {
-    ["forwarded", "failed", "deferred", "invalid"]
-        .iter()
-        .map(|o| metrics.events(o))
-        .sum()
+/// What `bouncer run` hands each pipeline run, kept across runs.
+struct Pipeline {
+    store: Arc<RuleStore>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+    shutdown: Arc<AtomicBool>,
+    options: Options,
+}
+
+impl Pipeline {
+    fn new() -> Pipeline {
+        Pipeline {
+            store: Arc::new(RuleStore::new()),
+            metrics: Arc::new(Metrics::new()),
+            shared: Arc::new(Shared::default()),
+            shutdown: Arc::new(AtomicBool::new(false)),
+            options: Options {
+                instance: "fetch-watchdog".into(),
+            },
+        }
+    }
+
+    /// Runs the pipeline until it ends by itself, `limit` passes or
+    /// `go_on` says no; then shuts it down and returns how it ended.
+    fn run_while(
+        &self,
+        config: &Config,
+        limit: Duration,
+        go_on: impl Fn() -> bool,
+    ) -> Result<pipeline::Summary, PipelineError> {
+        self.shutdown.store(false, Ordering::Release);
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            let run = s.spawn(|| {
+                pipeline::run(
+                    config,
+                    self.store.clone(),
+                    self.metrics.clone(),
+                    self.shared.clone(),
+                    self.shutdown.clone(),
+                    &self.options,
+                )
+            });
+            while !run.is_finished() && started.elapsed() < limit && go_on() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.shutdown.store(true, Ordering::Release);
+            run.join().expect("pipeline thread")
+        })
+    }
+
+    /// Events processed so far, in every outcome.
+    fn consumed(&self) -> u64 {
+        ["forwarded", "failed", "deferred", "invalid"]
+            .iter()
+            .map(|o| self.metrics.events(o))
+            .sum()
+    }
 }

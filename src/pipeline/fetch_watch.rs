@@ -45,6 +45,13 @@ impl FetchWatch {
         self.timeout
     }
 
+    /// The partitions waiting to start fetching, and for how long.
+    pub fn waiting(&self, now: Instant) -> impl Iterator<Item = (i32, Duration)> + '_ {
+        self.waiting
+            .iter()
+            .map(move |(p, since)| (*p, now.saturating_duration_since(*since)))
+    }
+
     /// One statistics report: the assigned partitions with their fetch
     /// state (`None` when the report does not list one) and whether any
     /// broker is up. Returns the partitions that have not been fetching

@@ -78,6 +78,9 @@ pub struct PipelineStatus {
     /// End offset minus the next offset to process.
     pub lag: BTreeMap<i32, i64>,
     pub in_flight: usize,
+    /// Assigned partitions librdkafka has not started fetching, with their
+    /// fetch state and for how many seconds (see `fetch_start_timeout`).
+    pub not_fetching: BTreeMap<i32, String>,
 }
 
 /// State shared between the pipeline thread, its client callbacks and the
@@ -253,8 +256,21 @@ impl ClientContext for ConsumerCtx {
                 .map(|p| p.fetch_state.as_str());
             (*p, state)
         });
+        let states: Vec<(i32, Option<&str>)> = states.collect();
+        let now = Instant::now();
         let mut watch = lock(&self.fetch_watch);
-        let stuck = watch.observe(Instant::now(), status.kafka_connected, states);
+        let stuck = watch.observe(now, status.kafka_connected, states.iter().copied());
+        status.not_fetching = watch
+            .waiting(now)
+            .map(|(p, waited)| {
+                let state = states
+                    .iter()
+                    .find(|(q, _)| *q == p)
+                    .and_then(|(_, s)| *s)
+                    .unwrap_or("unknown");
+                (p, format!("{state} for {} s", waited.as_secs()))
+            })
+            .collect();
         if !stuck.is_empty() && !self.restart.is_set() {
             self.restart.set(
                 RestartReason::FetchStuck,
