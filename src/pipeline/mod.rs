@@ -63,6 +63,9 @@ const ERROR_PAUSE: Duration = Duration::from_secs(5);
 const BACKPRESSURE_GRACE: Duration = Duration::from_millis(200);
 /// Events processed between two rounds of housekeeping at most.
 const HOUSEKEEPING_EVENTS: u32 = 64;
+/// At least once, every this many commit intervals all positions are
+/// committed again, changed or not (see [`Loop::commit_progress`]).
+const FULL_COMMIT_EVERY: u32 = 10;
 /// Pause after a retriable failure, so a dead broker is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -669,6 +672,7 @@ pub fn run(
         refused: HashMap::new(),
         now: Utc::now(),
         last_consumed_at: Instant::now(),
+        last_full_commit: Instant::now(),
     };
     let mut last_commit = Instant::now();
     // Housekeeping (failures, backpressure, commits) runs when the consumer
@@ -766,6 +770,8 @@ struct Loop<'c> {
     now: chrono::DateTime<Utc>,
     /// When the last event was consumed.
     last_consumed_at: Instant,
+    /// At least once: when every position was last committed.
+    last_full_commit: Instant,
 }
 
 impl Loop<'_> {
@@ -1237,8 +1243,20 @@ impl Loop<'_> {
         in_flight
     }
 
+    /// At least once: commits the positions that advanced, and every
+    /// `FULL_COMMIT_EVERY` commit intervals all of them, since an
+    /// asynchronous commit can fail (ILLEGAL_GENERATION during a
+    /// rebalance) and an idle partition would otherwise keep its last
+    /// events uncommitted.
     fn commit_progress(&mut self) {
-        let positions = lock(&self.tracker).take_commits();
+        let full =
+            self.last_full_commit.elapsed() >= self.config.commit_interval * FULL_COMMIT_EVERY;
+        let positions = if full {
+            self.last_full_commit = Instant::now();
+            lock(&self.tracker).all_commits()
+        } else {
+            lock(&self.tracker).take_commits()
+        };
         commit(
             &self.consumer,
             &self.config.topics.input,

@@ -182,6 +182,22 @@ impl OffsetTracker {
         out
     }
 
+    /// Every partition's committable position, changed or not: committed
+    /// again now and then, so that an asynchronous commit that failed (e.g.
+    /// with ILLEGAL_GENERATION during a rebalance) does not leave an idle
+    /// partition's last events uncommitted.
+    pub fn all_commits(&mut self) -> Vec<(i32, i64)> {
+        let mut out = Vec::new();
+        for (&partition, p) in &mut self.partitions {
+            if let Some(position) = p.committable {
+                p.committed = Some(position);
+                out.push((partition, position));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// Events consumed and not yet fully acknowledged, on all partitions.
     pub fn in_flight(&self) -> usize {
         self.in_flight
@@ -232,6 +248,8 @@ mod tests {
         assert!(t.acked(a));
         assert_eq!(t.take_commits(), vec![(0, 6), (1, 8)]);
         assert_eq!(t.take_commits(), vec![], "nothing new to commit");
+        assert_eq!(t.all_commits(), vec![(0, 6), (1, 8)], "all, changed or not");
+        assert_eq!(t.take_commits(), vec![]);
     }
 
     #[test]

@@ -1,3 +1,6 @@
+//! Client faults injected by librdkafka's mock cluster (SPEC §6: fault
+//! injection; the pipeline runs in-process, as in `bouncer demo`).
+//!
 //! A partition whose fetcher never starts (issue #7): librdkafka (2.12)
 //! leaves an assigned partition waiting for its committed offset for ever
 //! when the group coordinator answers the OffsetFetch with a request-level
@@ -8,8 +11,11 @@
 //! bouncer watches the fetch state of its assigned partitions and, when one
 //! has not started fetching for `fetch_start_timeout`, ends the run so that
 //! `bouncer run` starts it again with new clients (`reason="fetch-stuck"`).
-//! librdkafka's mock cluster injects the error here (fault injection, SPEC
-//! §6); the pipeline runs in-process, as in `bouncer demo`.
+//!
+//! An offset commit that fails (at least once; e.g. with ILLEGAL_GENERATION
+//! during a rebalance) is sent again with the next one, even when the
+//! partition has gone idle: otherwise its last events stay uncommitted, and
+//! the next owner processes them again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,15 +34,34 @@ use rdkafka::types::RDKafkaRespErr;
 
 const EVENTS: usize = 200;
 
-fn config(bootstrap: &str) -> Config {
-    let vars = [
+/// A mock cluster with bouncer's topics (two partitions each), `EVENTS`
+/// events in the input, and a configuration for it; `settings` are
+/// `BOUNCER_…` variables over the test's defaults.
+fn setup(settings: &[(&str, &str)]) -> (MockCluster<'static, DefaultProducerContext>, Config) {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let config = config(&cluster.bootstrap_servers(), settings);
+    let t = &config.topics;
+    for topic in [&t.input, &t.forward, &t.results, &t.retry, &t.dead_letter] {
+        cluster.create_topic(topic, 2, 1).expect("topic");
+    }
+    cluster.create_topic(&t.control, 1, 1).expect("topic");
+    produce(&cluster.bootstrap_servers(), &t.input, EVENTS);
+    (cluster, config)
+}
+
+fn config(bootstrap: &str, settings: &[(&str, &str)]) -> Config {
+    let mut vars = vec![
         ("BOUNCER_KAFKA__BOOTSTRAP_SERVERS", bootstrap),
         ("BOUNCER_HTTP_LISTEN", "127.0.0.1:0"),
-        ("BOUNCER_GROUP", "fetch-watchdog"),
+        ("BOUNCER_GROUP", "mock-faults"),
         ("BOUNCER_SHUTDOWN_TIMEOUT", "5s"),
         ("BOUNCER_FETCH_START_TIMEOUT", "3s"),
         ("BOUNCER_COMMIT_INTERVAL", "100ms"),
     ];
+    for (key, value) in settings {
+        vars.retain(|(k, _)| k != key);
+        vars.push((key, value));
+    }
     // Short group timeouts: the mock cluster's rebalance after the first
     // run leaves the group waits about a session timeout.
     Config::from_parts(
@@ -94,15 +119,9 @@ fn count(bootstrap: &str, topic: &str, partitions: i32) -> usize {
 
 #[test]
 fn a_partition_that_never_starts_fetching_restarts_the_pipeline() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
+    let (cluster, config) = setup(&[]);
     let bootstrap = cluster.bootstrap_servers();
-    let config = config(&bootstrap);
     let t = &config.topics;
-    for topic in [&t.input, &t.forward, &t.results, &t.retry, &t.dead_letter] {
-        cluster.create_topic(topic, 2, 1).expect("topic");
-    }
-    cluster.create_topic(&t.control, 1, 1).expect("topic");
-    produce(&bootstrap, &t.input, EVENTS);
 
     // The group coordinator answers the first OffsetFetch with a
     // request-level NOT_COORDINATOR.
@@ -145,6 +164,59 @@ fn a_partition_that_never_starts_fetching_restarts_the_pipeline() {
         count(&bootstrap, &t.forward, 2),
         EVENTS,
         "every event forwarded"
+    );
+}
+
+#[test]
+fn a_failed_offset_commit_is_sent_again_while_the_partition_is_idle() {
+    // Every event is in the input before the run starts, so the pipeline
+    // drains it in its first commit interval and then has nothing new.
+    let (cluster, config) = setup(&[("BOUNCER_COMMIT_INTERVAL", "500ms")]);
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 3],
+    );
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", &config.group)
+        .create()
+        .expect("reader");
+    let input = config.topics.input.clone();
+    let committed = || -> i64 {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition(&input, 0);
+        tpl.add_partition(&input, 1);
+        reader
+            .committed_offsets(tpl, Duration::from_secs(5))
+            .map(|t| {
+                t.elements()
+                    .iter()
+                    .filter_map(|e| e.offset().to_raw())
+                    .filter(|o| *o > 0)
+                    .sum()
+            })
+            .unwrap_or_else(|e| {
+                eprintln!("committed offsets: {e}");
+                0
+            })
+    };
+    // Checked while the pipeline runs: its shutdown commits synchronously,
+    // which would hide a commit that was never sent again.
+    let all_committed = AtomicBool::new(false);
+    let pipeline = Pipeline::new();
+    pipeline
+        .run_while(&config, Duration::from_secs(30), || {
+            let done = committed() == EVENTS as i64;
+            all_committed.store(done, Ordering::Relaxed);
+            !done
+        })
+        .expect("the run ends cleanly");
+    assert_eq!(pipeline.consumed(), EVENTS as u64);
+    assert!(
+        all_committed.load(Ordering::Relaxed),
+        "the group committed the end of the input while the pipeline ran \
+         (committed now: {})",
+        committed()
     );
 }
 
