@@ -29,8 +29,8 @@ fn fetching(state: Option<&str>) -> bool {
 pub struct FetchWatch {
     timeout: Duration,
     /// Since when each assigned partition has been seen not fetching while
-    /// a broker was reachable.
-    waiting: BTreeMap<i32, Instant>,
+    /// a broker was reachable, and its last fetch state.
+    waiting: BTreeMap<i32, (Instant, String)>,
 }
 
 impl FetchWatch {
@@ -45,11 +45,12 @@ impl FetchWatch {
         self.timeout
     }
 
-    /// The partitions waiting to start fetching, and for how long.
-    pub fn waiting(&self, now: Instant) -> impl Iterator<Item = (i32, Duration)> + '_ {
-        self.waiting
-            .iter()
-            .map(move |(p, since)| (*p, now.saturating_duration_since(*since)))
+    /// The partitions waiting to start fetching: their fetch state
+    /// (`unknown` when the report did not list one) and for how long.
+    pub fn waiting(&self, now: Instant) -> impl Iterator<Item = (i32, &str, Duration)> + '_ {
+        self.waiting.iter().map(move |(p, (since, state))| {
+            (*p, state.as_str(), now.saturating_duration_since(*since))
+        })
     }
 
     /// One statistics report: the assigned partitions with their fetch
@@ -69,13 +70,17 @@ impl FetchWatch {
             if fetching(state) {
                 continue;
             }
-            let since = self.waiting.get(&partition).copied().unwrap_or(now);
-            seen.insert(partition, if connected { since } else { now });
+            let since = self
+                .waiting
+                .get(&partition)
+                .map_or(now, |(since, _)| *since);
+            let since = if connected { since } else { now };
+            seen.insert(partition, (since, state.unwrap_or("unknown").to_owned()));
         }
         self.waiting = seen;
         self.waiting
             .iter()
-            .filter(|(_, since)| now.saturating_duration_since(**since) >= self.timeout)
+            .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= self.timeout)
             .map(|(p, _)| *p)
             .collect()
     }

@@ -259,20 +259,12 @@ impl ClientContext for ConsumerCtx {
                 .map(|p| p.fetch_state.as_str());
             (*p, state)
         });
-        let states: Vec<(i32, Option<&str>)> = states.collect();
         let now = Instant::now();
         let mut watch = lock(&self.fetch_watch);
-        let stuck = watch.observe(now, status.kafka_connected, states.iter().copied());
+        let stuck = watch.observe(now, status.kafka_connected, states);
         status.not_fetching = watch
             .waiting(now)
-            .map(|(p, waited)| {
-                let state = states
-                    .iter()
-                    .find(|(q, _)| *q == p)
-                    .and_then(|(_, s)| *s)
-                    .unwrap_or("unknown");
-                (p, format!("{state} for {} s", waited.as_secs()))
-            })
+            .map(|(p, state, waited)| (p, format!("{state} for {} s", waited.as_secs())))
             .collect();
         if !stuck.is_empty() && !self.restart.is_set() {
             self.restart.set(

@@ -169,17 +169,7 @@ impl OffsetTracker {
 
     /// Positions that advanced since the last call: what to store/commit.
     pub fn take_commits(&mut self) -> Vec<(i32, i64)> {
-        let mut out = Vec::new();
-        for (&partition, p) in &mut self.partitions {
-            if let Some(position) = p.committable
-                && p.committed != Some(position)
-            {
-                p.committed = Some(position);
-                out.push((partition, position));
-            }
-        }
-        out.sort_unstable();
-        out
+        self.commits(false)
     }
 
     /// Every partition's committable position, changed or not: committed
@@ -187,9 +177,15 @@ impl OffsetTracker {
     /// with ILLEGAL_GENERATION during a rebalance) does not leave an idle
     /// partition's last events uncommitted.
     pub fn all_commits(&mut self) -> Vec<(i32, i64)> {
+        self.commits(true)
+    }
+
+    fn commits(&mut self, all: bool) -> Vec<(i32, i64)> {
         let mut out = Vec::new();
         for (&partition, p) in &mut self.partitions {
-            if let Some(position) = p.committable {
+            if let Some(position) = p.committable
+                && (all || p.committed != Some(position))
+            {
                 p.committed = Some(position);
                 out.push((partition, position));
             }

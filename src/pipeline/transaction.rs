@@ -104,17 +104,16 @@ impl Transactions {
         offset: i64,
         consumed_at: Instant,
     ) -> Result<(), (RestartReason, String)> {
-        let mut open = lock(&self.open);
-        if open.is_none() {
+        let mut guard = lock(&self.open);
+        if guard.is_none() {
             self.producer
                 .begin_transaction()
                 .map_err(|e| fatal(&e, "beginning a transaction"))?;
-            *open = Some(Open {
-                started: Some(Instant::now()),
-                ..Open::default()
-            });
         }
-        let open = open.as_mut().expect("a transaction is open");
+        let open = guard.get_or_insert_with(|| Open {
+            started: Some(Instant::now()),
+            ..Open::default()
+        });
         open.events += 1;
         open.consumed_at.push(consumed_at);
         open.partitions
