@@ -473,8 +473,12 @@ mod baseline {
             match producer.send(record) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // As bouncer waits (`await_deliveries`): serve what is
+                    // there, then sleep. rust-rdkafka's `poll(1 ms)` spins
+                    // once less than a millisecond is left.
                     record = back;
-                    producer.poll(Duration::from_millis(1));
+                    producer.poll(Duration::ZERO);
+                    thread::sleep(Duration::from_micros(200));
                 }
                 Err((e, _)) => {
                     eprintln!("baseline: produce refused: {e}");

@@ -220,6 +220,35 @@ fn a_failed_offset_commit_is_sent_again_while_the_partition_is_idle() {
     );
 }
 
+#[test]
+fn a_slow_broker_holds_the_pipeline_back_without_losing_events() {
+    // Acknowledgements take 100 ms, at most 20 events may be in flight and
+    // the producer's queue holds 5 records: the pipeline keeps waiting for
+    // deliveries, both before pausing (`max_in_flight`) and with its local
+    // queue full, and must still forward every event once.
+    let (cluster, config) = setup(&[
+        ("BOUNCER_MAX_IN_FLIGHT", "20"),
+        ("BOUNCER_KAFKA__PRODUCER__QUEUE_BUFFERING_MAX_MESSAGES", "5"),
+        ("BOUNCER_KAFKA__PRODUCER__LINGER_MS", "0"),
+    ]);
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(100))
+        .expect("round-trip time");
+    let pipeline = Pipeline::new();
+    pipeline
+        .run_while(&config, Duration::from_secs(60), || {
+            pipeline.consumed() < EVENTS as u64
+        })
+        .expect("the run ends cleanly");
+    assert_eq!(pipeline.consumed(), EVENTS as u64, "every event processed");
+    assert_eq!(pipeline.metrics.events("forwarded"), EVENTS as u64);
+    assert_eq!(
+        count(&cluster.bootstrap_servers(), &config.topics.forward, 2),
+        EVENTS,
+        "every event forwarded once"
+    );
+}
+
 /// What `bouncer run` hands each pipeline run, kept across runs.
 struct Pipeline {
     store: Arc<RuleStore>,

@@ -68,6 +68,9 @@ const HOUSEKEEPING_EVENTS: u32 = 64;
 const FULL_COMMIT_EVERY: u32 = 10;
 /// Pause after a retriable failure, so a dead broker is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long a wait for delivery reports sleeps between polls (see
+/// [`await_deliveries`]).
+const DELIVERY_WAIT_STEP: Duration = Duration::from_micros(200);
 
 /// What `/status` shows of the pipeline.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -232,6 +235,43 @@ impl ProducerContext for ProducerCtx {
 /// delivery reports update the tracker without a second thread contending
 /// for its lock or freeing what this one allocated.
 type Producer_ = BaseProducer<ProducerCtx>;
+
+/// Serves the producer's delivery reports until none is waiting.
+fn serve_deliveries(producer: &Producer_) {
+    let reports = &producer.context().reports;
+    for _ in 0..1000 {
+        let before = reports.load(Ordering::Relaxed);
+        producer.poll(Duration::ZERO);
+        if reports.load(Ordering::Relaxed) == before {
+            return;
+        }
+    }
+}
+
+/// Serves delivery reports, waiting up to `max` for the first; returns
+/// whether any was served. Not `producer.poll(max)`: rust-rdkafka's poll
+/// serves events until the whole timeout has passed, asking librdkafka for
+/// the rest rounded down to whole milliseconds, so once less than 1 ms is
+/// left it polls without blocking: a `poll(1 ms)` spun for most of its
+/// millisecond, which with the consumer waiting on acknowledgements took a
+/// fifth of the pipeline thread's CPU (BENCHMARKS.md). This sleeps
+/// [`DELIVERY_WAIT_STEP`] between polls instead.
+fn await_deliveries(producer: &Producer_, max: Duration) -> bool {
+    let reports = &producer.context().reports;
+    let before = reports.load(Ordering::Relaxed);
+    let deadline = Instant::now() + max;
+    loop {
+        serve_deliveries(producer);
+        if reports.load(Ordering::Relaxed) != before {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        std::thread::sleep(DELIVERY_WAIT_STEP.min(deadline - now));
+    }
+}
 
 struct ConsumerCtx {
     tracker: Arc<Mutex<OffsetTracker>>,
@@ -1003,7 +1043,7 @@ impl Loop<'_> {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     // The local queue is full: serve deliveries until it drains.
                     base = back;
-                    self.producer.poll(Duration::from_millis(1));
+                    await_deliveries(&self.producer, Duration::from_millis(1));
                 }
                 Err((e, _)) => return Err(e),
             }
@@ -1012,14 +1052,7 @@ impl Loop<'_> {
 
     /// Serves the producer's delivery reports until none is waiting.
     fn serve_deliveries(&self) {
-        let reports = &self.producer.context().reports;
-        for _ in 0..1000 {
-            let before = reports.load(Ordering::Relaxed);
-            self.producer.poll(Duration::ZERO);
-            if reports.load(Ordering::Relaxed) == before {
-                return;
-            }
-        }
+        serve_deliveries(&self.producer);
     }
 
     /// Deals with failed deliveries reported by the producer.
@@ -1206,7 +1239,7 @@ impl Loop<'_> {
             // broker away) pauses the partitions.
             let until = Instant::now() + BACKPRESSURE_GRACE;
             while in_flight > self.config.max_in_flight * 3 / 4 && Instant::now() < until {
-                self.producer.poll(Duration::from_millis(1));
+                await_deliveries(&self.producer, Duration::from_millis(1));
                 self.handle_failures();
                 in_flight = lock(&self.tracker).in_flight();
             }

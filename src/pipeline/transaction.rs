@@ -182,7 +182,7 @@ impl Transactions {
     /// its flush waits in steps of 100 ms once anything is outstanding.
     fn serve_until_delivered(&self, deadline: Instant) {
         while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
-            self.producer.poll(Duration::from_millis(1));
+            super::await_deliveries(&self.producer, Duration::from_millis(1));
         }
     }
 

@@ -723,6 +723,24 @@ pub fn wait_transactions_settled(topic: &str, timeout: Duration) {
         if open.is_empty() {
             return;
         }
+        if Instant::now() >= deadline && broker_is_managed() {
+            // What the broker says about them: the producer that holds each
+            // one open, and whether the broker calls it hanging (its
+            // coordinator will never end it).
+            eprintln!("transactions still open on {topic}: the broker's view");
+            kafka_sh(&["transactions", "find-hanging", "--broker-id", "1"]);
+            kafka_sh(&["transactions", "list"]);
+            for partition in open.keys() {
+                kafka_sh(&[
+                    "transactions",
+                    "describe-producers",
+                    "--topic",
+                    topic,
+                    "--partition",
+                    &partition.to_string(),
+                ]);
+            }
+        }
         assert!(
             Instant::now() < deadline,
             "transactions still open on {topic} after {timeout:?} \
