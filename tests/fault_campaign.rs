@@ -944,10 +944,13 @@ fn fault_campaign() {
     fleet.note("every member stopped with SIGTERM and exit status 0");
 
     // Read back: inputs, then every output topic, read_committed.
+    // Every member has stopped: a transaction still open after
+    // `transaction.timeout.ms` (10 s) and the broker's check for timed-out
+    // ones (10 s) never ends; two minutes tell it apart.
     let read_timeout = fleet
         .deadline
         .saturating_duration_since(Instant::now())
-        .max(Duration::from_secs(60));
+        .clamp(Duration::from_secs(60), Duration::from_secs(120));
     let mut check = Check::new(&t.input, &t.forward, &t.results);
     scan_topic(&t.input, Isolation::ReadCommitted, read_timeout, |r| {
         check.input(r)
