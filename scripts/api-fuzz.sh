@@ -22,6 +22,14 @@ name="apifuzz-$$-$RANDOM"
 for t in in fwd results retry dead; do
   scripts/kafka.sh topics --create --topic "$name.$t" --partitions 1 >/dev/null
 done
+# The controller has them; a broker still catching up on its metadata (just
+# restarted, thousands of partitions) may not list them for a few seconds,
+# and bouncer refuses to start on a topic its broker does not know.
+for _ in $(seq 1 30); do
+  listed=$(scripts/kafka.sh topics --list 2>/dev/null | grep -c "^$name\.\(in\|fwd\|results\|retry\|dead\)$" || true)
+  [ "$listed" -eq 5 ] && break
+  sleep 1
+done
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 write_token="fuzz-write-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 read_token="fuzz-read-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
