@@ -253,9 +253,10 @@ fn serve_deliveries(producer: &Producer_) {
 /// serves events until the whole timeout has passed, asking librdkafka for
 /// the rest rounded down to whole milliseconds, so once less than 1 ms is
 /// left it polls without blocking: a `poll(1 ms)` spun for most of its
-/// millisecond, which with the consumer waiting on acknowledgements took a
-/// fifth of the pipeline thread's CPU (BENCHMARKS.md). This sleeps
-/// [`DELIVERY_WAIT_STEP`] between polls instead.
+/// millisecond. In a drain, where the pipeline keeps waiting on
+/// acknowledgements, its clock reads alone took 12% of the pipeline
+/// thread's CPU (BENCHMARKS.md). This sleeps [`DELIVERY_WAIT_STEP`] between
+/// polls instead.
 fn await_deliveries(producer: &Producer_, max: Duration) -> bool {
     let reports = &producer.context().reports;
     let before = reports.load(Ordering::Relaxed);
