@@ -231,7 +231,7 @@ impl ProducerContext for ProducerCtx {
     }
 }
 
-/// Polled by the loop thread itself (see [`Loop::serve_deliveries`]): the
+/// Polled by the loop thread itself (see [`serve_deliveries`]): the
 /// delivery reports update the tracker without a second thread contending
 /// for its lock or freeing what this one allocated.
 type Producer_ = BaseProducer<ProducerCtx>;
@@ -248,8 +248,8 @@ fn serve_deliveries(producer: &Producer_) {
     }
 }
 
-/// Serves delivery reports, waiting up to `max` for the first; returns
-/// whether any was served. Not `producer.poll(max)`: rust-rdkafka's poll
+/// Serves delivery reports, waiting up to `max` for the first. Not
+/// `producer.poll(max)`: rust-rdkafka's poll
 /// serves events until the whole timeout has passed, asking librdkafka for
 /// the rest rounded down to whole milliseconds, so once less than 1 ms is
 /// left it polls without blocking: a `poll(1 ms)` spun for most of its
@@ -257,18 +257,15 @@ fn serve_deliveries(producer: &Producer_) {
 /// acknowledgements, its clock reads alone took 12% of the pipeline
 /// thread's CPU (BENCHMARKS.md). This sleeps [`DELIVERY_WAIT_STEP`] between
 /// polls instead.
-fn await_deliveries(producer: &Producer_, max: Duration) -> bool {
+fn await_deliveries(producer: &Producer_, max: Duration) {
     let reports = &producer.context().reports;
     let before = reports.load(Ordering::Relaxed);
     let deadline = Instant::now() + max;
     loop {
         serve_deliveries(producer);
-        if reports.load(Ordering::Relaxed) != before {
-            return true;
-        }
         let now = Instant::now();
-        if now >= deadline {
-            return false;
+        if reports.load(Ordering::Relaxed) != before || now >= deadline {
+            return;
         }
         std::thread::sleep(DELIVERY_WAIT_STEP.min(deadline - now));
     }
@@ -1051,14 +1048,9 @@ impl Loop<'_> {
         }
     }
 
-    /// Serves the producer's delivery reports until none is waiting.
-    fn serve_deliveries(&self) {
-        serve_deliveries(&self.producer);
-    }
-
     /// Deals with failed deliveries reported by the producer.
     fn handle_failures(&mut self) {
-        self.serve_deliveries();
+        serve_deliveries(&self.producer);
         while let Ok(failure) = self.failures.try_recv() {
             let topic = self.topic(failure.pending.destination).to_owned();
             self.metrics

@@ -723,7 +723,8 @@ pub fn wait_transactions_settled(topic: &str, timeout: Duration) {
         if open.is_empty() {
             return;
         }
-        if Instant::now() >= deadline && broker_is_managed() {
+        let expired = Instant::now() >= deadline;
+        if expired && broker_is_managed() {
             // What the broker says about them: the producer that holds each
             // one open, and whether the broker calls it hanging (its
             // coordinator will never end it).
@@ -742,7 +743,7 @@ pub fn wait_transactions_settled(topic: &str, timeout: Duration) {
             }
         }
         assert!(
-            Instant::now() < deadline,
+            !expired,
             "transactions still open on {topic} after {timeout:?} \
              (partition: (last stable offset, high watermark)): {open:?}"
         );
