@@ -5,7 +5,7 @@
 
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
@@ -21,22 +21,21 @@ pub enum LogFormat {
 /// Lines buffered before new ones are dropped.
 const BUFFERED_LINES: usize = 64 * 1024;
 
-/// The shortest time between two writes of buffered lines to stderr.
+/// The log thread's pause after each write of buffered lines to stderr.
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
 
-/// The log thread's writer: buffers lines and writes them out at most every
-/// `every`. The log thread flushes whenever it has written every queued
-/// line; writing each line at once cost a system call per line, and waking
-/// the thread for each line cost the pipeline a futex call per stopped
-/// delivery (about 5% of a drain's CPU at 5% stopped; BENCHMARKS.md). Here
-/// a flush that comes sooner than `every` after the previous one sleeps
-/// until then first, so lines logged meanwhile queue up without waking the
-/// thread and go out together at the next flush. A lone line is written at
-/// once; a line waits about `every` at most.
+/// The log thread's writer: buffers lines and writes them out together.
+/// The log thread flushes whenever it has written every queued line;
+/// writing each line at once cost a system call per line, and waking the
+/// thread for each line cost the pipeline a futex call per stopped delivery
+/// (about 5% of a drain's CPU with 5% of the events stopped; BENCHMARKS.md).
+/// Here each flush writes what is buffered and then sleeps `every`, so the
+/// lines logged meanwhile queue up without waking the thread and go out
+/// together at the next flush: a line waits `every` at most, and nothing
+/// stays buffered while the thread sleeps.
 struct PacedWriter<W: Write> {
     inner: BufWriter<W>,
     every: Duration,
-    last_flush: Option<Instant>,
 }
 
 impl<W: Write> PacedWriter<W> {
@@ -44,7 +43,6 @@ impl<W: Write> PacedWriter<W> {
         PacedWriter {
             inner: BufWriter::with_capacity(64 * 1024, inner),
             every,
-            last_flush: None,
         }
     }
 }
@@ -59,14 +57,9 @@ impl<W: Write> Write for PacedWriter<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if let Some(last) = self.last_flush {
-            let since = last.elapsed();
-            if since < self.every {
-                std::thread::sleep(self.every - since);
-            }
-        }
-        self.last_flush = Some(Instant::now());
-        self.inner.flush()
+        self.inner.flush()?;
+        std::thread::sleep(self.every);
+        Ok(())
     }
 }
 
@@ -140,7 +133,7 @@ mod tests {
             vec![b"one\ntwo\nthree\n".to_vec()]
         );
 
-        // A flush soon after the previous one still writes what it holds.
+        // Every flush writes what it holds.
         writer.write_all(b"four\n").unwrap();
         writer.flush().unwrap();
         assert_eq!(calls.0.lock().unwrap().len(), 2);
