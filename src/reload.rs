@@ -177,6 +177,23 @@ impl RuleStore {
     }
 }
 
+/// Niceness of the threads that build and free file rule sets. A reload of
+/// 100,000 rules takes seconds of CPU; at the same priority it takes them
+/// from the pipeline whenever the machine is busy (the pipeline's p99
+/// latency rose fourfold during reloads; BENCHMARKS.md, "reload under
+/// load"). Lower, a reload takes longer on a busy machine instead.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority to [`BACKGROUND_NICE`]; on Linux a
+/// thread has a niceness of its own. Where that is refused, the thread
+/// goes on at its priority.
+fn lower_priority() {
+    let thread = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(thread), BACKGROUND_NICE) {
+        tracing::debug!(error = %e, "cannot lower a rule thread's priority");
+    }
+}
+
 /// Hands a replaced set to the reaper thread, which frees it once no
 /// reader holds it any more: dropping 100,000 rules takes milliseconds, and
 /// neither a deciding thread (holding the last reference) nor the publisher
@@ -189,6 +206,7 @@ fn drop_when_unused(old: Arc<RuleSet>) {
         thread::Builder::new()
             .name("bouncer-reaper".into())
             .spawn(move || {
+                lower_priority();
                 let mut held: Vec<Arc<RuleSet>> = Vec::new();
                 loop {
                     match rx.recv_timeout(Duration::from_millis(20)) {
@@ -276,7 +294,10 @@ impl Reloader {
         };
         let thread = thread::Builder::new()
             .name("bouncer-reload".into())
-            .spawn(move || worker.run(rx))
+            .spawn(move || {
+                lower_priority();
+                worker.run(rx)
+            })
             .expect("spawn reload thread");
         Ok(Reloader {
             tx,

@@ -268,3 +268,35 @@ async fn sighup_forces_a_reload() {
     assert!(store.reload_counts().0 > successes);
     hup.abort();
 }
+
+/// The niceness of this process's thread named `name`, from
+/// `/proc/self/task/*/stat` (field 19).
+fn thread_nice(name: &str) -> Option<i64> {
+    for task in fs::read_dir("/proc/self/task").ok()? {
+        let task = task.ok()?.path();
+        if fs::read_to_string(task.join("comm")).ok()?.trim() != name {
+            continue;
+        }
+        let stat = fs::read_to_string(task.join("stat")).ok()?;
+        // After the command in parentheses: state is field 3, nice field 19.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        return rest.split(' ').nth(16)?.parse().ok();
+    }
+    None
+}
+
+#[test]
+fn the_reload_thread_runs_below_the_pipeline_priority() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("rules");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("a.toml"), rule("a", "a.example")).unwrap();
+    let (store, _reloader) = start(&dir, fast());
+    eventually("initial rules", || has(&store, "a"));
+    // A reload of many rules takes seconds of CPU: on a busy machine it
+    // must not take them from the pipeline.
+    eventually("the reload thread at niceness 10", || {
+        thread_nice("bouncer-reload") == Some(10)
+    });
+    assert_eq!(thread_nice("bouncer-reload"), Some(10));
+}
