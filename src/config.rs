@@ -235,7 +235,9 @@ pub const TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
 /// bouncer's consumer defaults: a bounded pre-fetch queue.
 pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
-    ("queued.max.messages.kbytes", "8192"),
+    // 4 MiB is ~3,000 events of 1.3 KB, 13 ms of a drain: no throughput
+    // lost against 8 MiB, and 12-18 MiB less RSS (BENCHMARKS.md).
+    ("queued.max.messages.kbytes", "4096"),
     // librdkafka's 1000 ms idles a consumer for a second whenever its
     // pre-fetch queue was full: it capped a drain at ~40k events/s with the
     // CPU mostly idle (BENCHMARKS.md).
