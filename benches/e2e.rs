@@ -2042,9 +2042,11 @@ mod phases {
     ) -> Outcome<Reload> {
         let mut run = || -> Result<Outcome<Reload>, String> {
             let swaps = ctx.opts.reload_swaps;
-            // Each swap gets its own quiet stretch: the reload (a second or
-            // two for 100,000 rules here) and a margin either side.
-            let spacing = 8.0;
+            // Each swap gets its own quiet stretch: the reload (2-7 s for
+            // 100,000 rules here, at niceness 10 beside a busy pipeline)
+            // and a margin either side, so the last one completes in the
+            // phase and each window ends before the next swap.
+            let spacing = 12.0;
             let secs = spacing * swaps as f64 + 2.0;
             let mut proc = stage.start(ctx)?;
             let mut swap_times: Vec<(u64, f64)> = Vec::new();
@@ -2192,6 +2194,8 @@ mod driver {
         // written beside them would make it re-scan the rules all along.
         fs::create_dir_all(dir.join("logs")).map_err(|e| e.to_string())?;
         let rules_dir = dir.join("rules").join("default");
+        // Made even when empty: `--rules 0` runs bouncer with no rules.
+        fs::create_dir_all(&rules_dir).map_err(|e| e.to_string())?;
         common::write_rule_files(&rules_dir, &files).map_err(|e| e.to_string())?;
         let set = RuleSet::new(common::load(&files));
         let sample = (opts.events as usize).clamp(1, 20_000);
@@ -2969,9 +2973,11 @@ mod driver {
                     r.reload_success_total,
                     r.reload_failure_total,
                     r.reload_elapsed_ms,
-                    r.swap_to_reloaded_s
-                        .iter()
-                        .map(|s| format!("{s:.2}"))
+                    (0..r.swaps)
+                        .map(|i| r.swap_to_reloaded_s.get(i).map_or_else(
+                            || "not seen in the phase".to_owned(),
+                            |s| format!("{s:.2}")
+                        ))
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
