@@ -2506,6 +2506,7 @@ mod driver {
         for key in [
             "queued.max.messages.kbytes",
             "fetch.max.bytes",
+            "max.partition.fetch.bytes",
             "receive.message.max.bytes",
         ] {
             if let Some(v) = consumer.get(key) {
