@@ -120,7 +120,7 @@ usage: e2e [OPTIONS]            (cargo bench --bench e2e -- [OPTIONS])
   --bouncer PATH       bouncer binary (default: target/release/bouncer)
   --quick              200,000 events, 6 s latency phases, 1 reload swap, 400,000-event memory check
   --events N           backlog drained per process (default 1000000)
-  --memory-events N    backlog of the memory check (default 2000000; 0 skips it)
+  --memory-events N    backlog of the memory check (default 5000000; 0 skips it)
   --modes LIST         alo,eos (default both; also at-least-once, exactly-once)
   --runs N             repeats of the drain and latency phases; medians reported (default 1)
   --latency-secs S     measured seconds of each latency phase (default 20; 0 skips them)
@@ -194,7 +194,7 @@ impl Options {
                 .unwrap_or_else(|| "127.0.0.1:29092".into()),
             bouncer: target.join("release/bouncer"),
             events: 1_000_000,
-            memory_events: 2_000_000,
+            memory_events: 5_000_000,
             modes: vec![Mode::AtLeastOnce, Mode::ExactlyOnce],
             runs: 1,
             latency_secs: 20.0,

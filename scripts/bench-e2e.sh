@@ -20,7 +20,7 @@
 # Environment:
 #   RUNS=N            repeats of the drain and latency phases (medians reported)
 #   EVENTS=N          backlog per drain (default 1,000,000; --quick 200,000)
-#   MEMORY_EVENTS=N   backlog of the memory check (default 2,000,000)
+#   MEMORY_EVENTS=N   backlog of the memory check (default 5,000,000)
 #   MODES=alo,eos     delivery modes to measure
 #   KAFKA_DIR, KAFKA_PORT, KAFKA_CONTROLLER_PORT   the bench's broker
 #                     (default /tmp/bouncer-bench-kafka on 29092/29093)
