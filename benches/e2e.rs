@@ -2194,8 +2194,6 @@ mod driver {
         // written beside them would make it re-scan the rules all along.
         fs::create_dir_all(dir.join("logs")).map_err(|e| e.to_string())?;
         let rules_dir = dir.join("rules").join("default");
-        // Made even when empty: `--rules 0` runs bouncer with no rules.
-        fs::create_dir_all(&rules_dir).map_err(|e| e.to_string())?;
         common::write_rule_files(&rules_dir, &files).map_err(|e| e.to_string())?;
         let set = RuleSet::new(common::load(&files));
         let sample = (opts.events as usize).clamp(1, 20_000);

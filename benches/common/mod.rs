@@ -601,6 +601,8 @@ impl<'s> EventStream<'s> {
 
 /// Writes rule files under `dir` (their names are relative paths).
 pub fn write_rule_files(dir: &Path, files: &RuleFiles) -> std::io::Result<()> {
+    // The directory exists even for an empty set (`e2e --rules 0`).
+    std::fs::create_dir_all(dir)?;
     for (name, text) in &files.files {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
