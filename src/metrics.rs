@@ -4,7 +4,7 @@
 //! with one atomic add; per-rule series are created on first match and
 //! removed when the rule leaves the rule set.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use prometheus::{
@@ -67,6 +67,22 @@ struct ExportState {
     /// Rule ids that have series of their own (at most the cap).
     rule_names: HashSet<String>,
     match_series: HashSet<(String, String)>,
+    /// The counters of each rule id seen in a decision, so that a stopped
+    /// delivery updates them without building label values. Dropped with
+    /// the rule's series, and for `_other` whenever a rule leaves the set
+    /// (a rule over the cap gets its own series once there is room).
+    handles: HashMap<String, RuleHandles>,
+}
+
+/// One rule id's counters (see [`ExportState::handles`]).
+struct RuleHandles {
+    /// Counted under `_other`, not its own id.
+    other: bool,
+    /// `bouncer_forced_total` by (code, outcome): a reload can change the
+    /// code of an id.
+    forced: Vec<(u16, Outcome, IntCounter)>,
+    /// `bouncer_rule_matches_total` by mode: enforce, shadow.
+    matches: [Option<IntCounter>; 2],
 }
 
 impl Default for Metrics {
@@ -340,21 +356,10 @@ impl Metrics {
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rule) = winner {
-            let name = state.rule_label(&rule.id, self.max_rule_series);
-            let key = (name, rule.code.to_string(), outcome.as_str().to_owned());
-            self.forced
-                .with_label_values(&[&key.0, &key.1, &key.2])
-                .inc();
-            state.forced_series.insert(key);
+            state.forced_counter(self, rule, outcome).inc();
         }
         for rule in matched {
-            let mode = match rule.mode {
-                Mode::Enforce => "enforce",
-                Mode::Shadow => "shadow",
-            };
-            let name = state.rule_label(&rule.id, self.max_rule_series);
-            self.rule_matches.with_label_values(&[&name, mode]).inc();
-            state.match_series.insert((name, mode.to_owned()));
+            state.match_counter(self, rule).inc();
         }
     }
 
@@ -472,6 +477,59 @@ impl Metrics {
 }
 
 impl ExportState {
+    fn handles_of(&mut self, id: &str, cap: usize) -> &mut RuleHandles {
+        if !self.handles.contains_key(id) {
+            let other = self.rule_label(id, cap) == OTHER_RULE;
+            self.handles.insert(
+                id.to_owned(),
+                RuleHandles {
+                    other,
+                    forced: Vec::new(),
+                    matches: [None, None],
+                },
+            );
+        }
+        self.handles.get_mut(id).expect("inserted above")
+    }
+
+    fn forced_counter(&mut self, metrics: &Metrics, rule: &Rule, outcome: Outcome) -> IntCounter {
+        let handles = self.handles_of(&rule.id, metrics.max_rule_series);
+        if let Some((_, _, counter)) = handles
+            .forced
+            .iter()
+            .find(|(code, o, _)| *code == rule.code && *o == outcome)
+        {
+            return counter.clone();
+        }
+        let label = if handles.other { OTHER_RULE } else { &rule.id };
+        let key = (
+            label.to_owned(),
+            rule.code.to_string(),
+            outcome.as_str().to_owned(),
+        );
+        let counter = metrics.forced.with_label_values(&[&key.0, &key.1, &key.2]);
+        handles.forced.push((rule.code, outcome, counter.clone()));
+        self.forced_series.insert(key);
+        counter
+    }
+
+    fn match_counter(&mut self, metrics: &Metrics, rule: &Rule) -> IntCounter {
+        let (index, mode) = match rule.mode {
+            Mode::Enforce => (0, "enforce"),
+            Mode::Shadow => (1, "shadow"),
+        };
+        let handles = self.handles_of(&rule.id, metrics.max_rule_series);
+        if let Some(counter) = &handles.matches[index] {
+            return counter.clone();
+        }
+        let label = if handles.other { OTHER_RULE } else { &rule.id };
+        let key = (label.to_owned(), mode.to_owned());
+        let counter = metrics.rule_matches.with_label_values(&[&key.0, &key.1]);
+        handles.matches[index] = Some(counter.clone());
+        self.match_series.insert(key);
+        counter
+    }
+
     /// The `rule` label for a rule id: the id itself while under the cap (or
     /// already exported), else `_other`, so label values stay bounded.
     fn rule_label(&mut self, id: &str, cap: usize) -> String {
@@ -492,7 +550,12 @@ fn remove_gone_rules(
     forced: &IntCounterVec,
     matches: &IntCounterVec,
 ) {
+    let named = state.rule_names.len();
     state.rule_names.retain(|rule| set.get(rule).is_some());
+    let room_made = state.rule_names.len() < named;
+    state
+        .handles
+        .retain(|rule, handles| set.get(rule).is_some() && !(room_made && handles.other));
     state.forced_series.retain(|(rule, code, outcome)| {
         let keep = rule == OTHER_RULE || set.get(rule).is_some();
         if !keep {
@@ -507,4 +570,139 @@ fn remove_gone_rules(
         }
         keep
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Conditions, Source};
+
+    fn rule(id: &str, code: u16, mode: Mode) -> Rule {
+        Rule {
+            id: id.into(),
+            source: Source::Api,
+            code,
+            status: None,
+            description: "test".into(),
+            conditions: Conditions::default(),
+            match_all: true,
+            mode,
+            not_before: None,
+            expires: None,
+            created_by: None,
+            created_at: None,
+        }
+    }
+
+    fn store_with(rules: &[&Rule]) -> RuleStore {
+        let store = RuleStore::new();
+        store.set_api_rules(rules.iter().map(|r| (*r).clone()).collect());
+        store
+    }
+
+    /// (labels, value) of every series of `name` in the exposition.
+    fn series(metrics: &Metrics, store: &RuleStore, name: &str) -> Vec<(String, u64)> {
+        let text = metrics.render(store);
+        let mut found: Vec<(String, u64)> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+            .filter_map(|rest| {
+                let (labels, value) = rest.split_once("} ")?;
+                Some((labels.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn stopped_deliveries_count_per_rule_code_outcome_and_matches_per_mode() {
+        let metrics = Metrics::with_rule_series_cap(10);
+        let (a, shadow) = (rule("a", 550, Mode::Enforce), rule("s", 550, Mode::Shadow));
+        let store = store_with(&[&a, &shadow]);
+        for _ in 0..3 {
+            metrics.decided(Outcome::Failed, Some(&a), &[&a, &shadow]);
+        }
+        metrics.decided(Outcome::Deferred, Some(&a), &[&a]);
+        metrics.decided(Outcome::Forwarded, None, &[&shadow]);
+        assert_eq!(
+            series(&metrics, &store, "bouncer_forced_total"),
+            [
+                (r#"code="550",outcome="deferred",rule="a""#.into(), 1),
+                (r#"code="550",outcome="failed",rule="a""#.into(), 3),
+            ]
+        );
+        assert_eq!(
+            series(&metrics, &store, "bouncer_rule_matches_total"),
+            [
+                (r#"mode="enforce",rule="a""#.into(), 4),
+                (r#"mode="shadow",rule="s""#.into(), 4),
+            ]
+        );
+        assert_eq!(metrics.matches_of("a"), 4);
+
+        // A reload gives the id another code: a series of its own.
+        let a451 = rule("a", 451, Mode::Enforce);
+        metrics.decided(Outcome::Failed, Some(&a451), &[&a451]);
+        assert!(
+            series(&metrics, &store, "bouncer_forced_total")
+                .contains(&(r#"code="451",outcome="failed",rule="a""#.into(), 1))
+        );
+    }
+
+    #[test]
+    fn rules_over_the_cap_count_as_other_until_a_rule_leaves_the_set() {
+        let metrics = Metrics::with_rule_series_cap(1);
+        let (a, b) = (rule("a", 550, Mode::Enforce), rule("b", 550, Mode::Enforce));
+        let both = store_with(&[&a, &b]);
+        metrics.decided(Outcome::Failed, Some(&a), &[&a]);
+        metrics.decided(Outcome::Failed, Some(&b), &[&b]);
+        metrics.decided(Outcome::Failed, Some(&b), &[&b]);
+        assert_eq!(
+            series(&metrics, &both, "bouncer_forced_total"),
+            [
+                (r#"code="550",outcome="failed",rule="_other""#.into(), 2),
+                (r#"code="550",outcome="failed",rule="a""#.into(), 1),
+            ]
+        );
+
+        // `a` leaves the set: its series go, `_other` stays, and `b` now
+        // has room for a series of its own.
+        let only_b = store_with(&[&b]);
+        assert_eq!(
+            series(&metrics, &only_b, "bouncer_forced_total"),
+            [(r#"code="550",outcome="failed",rule="_other""#.into(), 2)]
+        );
+        metrics.decided(Outcome::Failed, Some(&b), &[&b]);
+        assert_eq!(
+            series(&metrics, &only_b, "bouncer_forced_total"),
+            [
+                (r#"code="550",outcome="failed",rule="_other""#.into(), 2),
+                (r#"code="550",outcome="failed",rule="b""#.into(), 1),
+            ]
+        );
+        assert_eq!(
+            series(&metrics, &only_b, "bouncer_rule_matches_total"),
+            [
+                (r#"mode="enforce",rule="_other""#.into(), 2),
+                (r#"mode="enforce",rule="b""#.into(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rule_that_left_and_came_back_counts_from_zero_again() {
+        let metrics = Metrics::with_rule_series_cap(10);
+        let a = rule("a", 550, Mode::Enforce);
+        let with_a = store_with(&[&a]);
+        metrics.decided(Outcome::Failed, Some(&a), &[&a]);
+        assert_eq!(series(&metrics, &with_a, "bouncer_forced_total").len(), 1);
+        let empty = store_with(&[]);
+        assert_eq!(series(&metrics, &empty, "bouncer_forced_total"), []);
+        metrics.decided(Outcome::Failed, Some(&a), &[&a]);
+        assert_eq!(
+            series(&metrics, &with_a, "bouncer_forced_total"),
+            [(r#"code="550",outcome="failed",rule="a""#.into(), 1)]
+        );
+    }
 }
