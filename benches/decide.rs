@@ -8,8 +8,10 @@ mod common;
 
 use std::hint::black_box;
 
+use bouncer::config::Partitioning;
 use bouncer::event::{DEFAULT_MAX_EVENT_BYTES, Event};
-use bouncer::rules::{Mode, Rule};
+use bouncer::pipeline::output::{self, Input, Meta};
+use bouncer::rules::{Mode, Outcome, Rule};
 use chrono::{DateTime, Utc};
 use common::Fixture;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -130,6 +132,50 @@ fn benches(c: &mut Criterion) {
         })
     });
     parse_only.finish();
+
+    // The records of a decided event (SPEC §3): a forward borrows the
+    // input; a stopped delivery reads the event again to rewrite it.
+    let mut records = c.benchmark_group("outputs");
+    records
+        .sample_size(50)
+        .throughput(Throughput::Elements(BATCH as u64));
+    let meta = Meta {
+        instance: "bench-0",
+        now,
+        forward_partitioning: Partitioning::Same,
+    };
+    let input = |json: &'static str| Input {
+        topic: "mailerq-outgoing",
+        partition: 3,
+        offset: 123_456_789,
+        key: Some(b"3f0c1a9e"),
+        value: Some(json.as_bytes()),
+        headers: Default::default(),
+        timestamp: None,
+    };
+    let events: &'static [String] = largest.events.clone().leak();
+    let rule = &largest.rules[0];
+    records.bench_function("forward", |b| {
+        let mut next = batches(events);
+        b.iter(|| {
+            for json in next() {
+                black_box(output::forward(&input(black_box(json)), &[], &meta));
+            }
+        })
+    });
+    for (name, outcome) in [("failed", Outcome::Failed), ("deferred", Outcome::Deferred)] {
+        records.bench_function(name, |b| {
+            let mut next = batches(events);
+            b.iter(|| {
+                for json in next() {
+                    let input = input(black_box(json));
+                    let records = output::stopped(&input, rule, outcome, &meta);
+                    black_box(records.expect("generated events are objects"));
+                }
+            })
+        });
+    }
+    records.finish();
 
     let mut parse_decide = c.benchmark_group("parse_decide");
     parse_decide
