@@ -131,6 +131,16 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
+    // Its floor: serde_json checking the same text is JSON, reading nothing.
+    parse_only.bench_function("json_only", |b| {
+        let mut next = batches(&largest.events);
+        b.iter(|| {
+            for json in next() {
+                let checked = serde_json::from_str::<serde::de::IgnoredAny>(black_box(json));
+                black_box(checked.expect("generated events are JSON"));
+            }
+        })
+    });
     parse_only.finish();
 
     // The records of a decided event (SPEC §3): a forward borrows the

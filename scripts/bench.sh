@@ -51,10 +51,10 @@ for path in sys.argv[1:]:
     for line in open(path):
         group, name, ns = line.rstrip("\n").split("\t")
         rows.setdefault((group, name), []).append(float(ns))
-order = {"decide": 0, "parse": 1, "parse_decide": 2, "linear_scan": 3}
+order = {"decide": 0, "parse": 1, "parse_decide": 2, "outputs": 3, "linear_scan": 4}
 def key(k):
     group, name = k
-    return (order.get(group, 9), int(name) if name.isdigit() else 0)
+    return (order.get(group, 9), int(name) if name.isdigit() else 0, name)
 print(f"| {'bench':<22} | {'rules':>7} | {'ns/event':>10} | {'events/s':>12} | runs (ns/event) |")
 print(f"|{'-'*24}|{'-'*9}|{'-'*12}|{'-'*14}|-----------------|")
 for (group, name) in sorted(rows, key=key):
@@ -63,8 +63,9 @@ for (group, name) in sorted(rows, key=key):
     rate = 1e9 / ns
     rate_s = f"{rate/1e6:.2f} M" if rate >= 1e6 else (f"{rate/1e3:.1f} k" if rate >= 1e3 else f"{rate:.0f}")
     rules = name if name.isdigit() else "-"
+    bench = group if name.isdigit() else f"{group}/{name}"
     runs = ", ".join(f"{v:.0f}" for v in values)
-    print(f"| {group:<22} | {rules:>7} | {ns:>10.1f} | {rate_s:>12} | {runs} |")
+    print(f"| {bench:<22} | {rules:>7} | {ns:>10.1f} | {rate_s:>12} | {runs} |")
 target = rows.get(("decide", "100000"))
 if target:
     rate = 1e9 / statistics.median(target)
