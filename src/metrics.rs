@@ -64,20 +64,18 @@ struct ExportState {
     /// Label sets of per-rule series created so far: (rule, code, outcome)
     /// for `bouncer_forced_total`, (rule, mode) for the matches.
     forced_series: HashSet<(String, String, String)>,
-    /// Rule ids that have series of their own (at most the cap).
-    rule_names: HashSet<String>,
     match_series: HashSet<(String, String)>,
-    /// The counters of each rule id seen in a decision, so that a stopped
-    /// delivery updates them without building label values. Dropped with
-    /// the rule's series, and for `_other` whenever a rule leaves the set
-    /// (a rule over the cap gets its own series once there is room).
-    handles: HashMap<String, RuleHandles>,
+    /// The counters of each rule id with series of its own (at most the
+    /// cap), so that a match updates them without building label values.
+    /// Dropped with the rule's series when it leaves the set.
+    rules: HashMap<String, RuleCounters>,
+    /// The counters of every rule beyond the cap, labelled `_other`.
+    other: RuleCounters,
 }
 
-/// One rule id's counters (see [`ExportState::handles`]).
-struct RuleHandles {
-    /// Counted under `_other`, not its own id.
-    other: bool,
+/// One label's counters (see [`ExportState::rules`]).
+#[derive(Default)]
+struct RuleCounters {
     /// `bouncer_forced_total` by (code, outcome): a reload can change the
     /// code of an id.
     forced: Vec<(u16, Outcome, IntCounter)>,
@@ -356,10 +354,10 @@ impl Metrics {
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rule) = winner {
-            state.forced_counter(self, rule, outcome).inc();
+            state.count_forced(self, rule, outcome);
         }
         for rule in matched {
-            state.match_counter(self, rule).inc();
+            state.count_match(self, rule);
         }
     }
 
@@ -477,70 +475,54 @@ impl Metrics {
 }
 
 impl ExportState {
-    fn handles_of(&mut self, id: &str, cap: usize) -> &mut RuleHandles {
-        if !self.handles.contains_key(id) {
-            let other = self.rule_label(id, cap) == OTHER_RULE;
-            self.handles.insert(
-                id.to_owned(),
-                RuleHandles {
-                    other,
-                    forced: Vec::new(),
-                    matches: [None, None],
-                },
-            );
+    /// The counters a rule's matches go to, and their label: the rule's
+    /// own while under the cap (or once given), else `_other`.
+    fn counters_of<'i>(&mut self, id: &'i str, cap: usize) -> (&mut RuleCounters, &'i str) {
+        if !self.rules.contains_key(id) && self.rules.len() < cap {
+            self.rules.insert(id.to_owned(), RuleCounters::default());
         }
-        self.handles.get_mut(id).expect("inserted above")
+        match self.rules.get_mut(id) {
+            Some(counters) => (counters, id),
+            None => (&mut self.other, OTHER_RULE),
+        }
     }
 
-    fn forced_counter(&mut self, metrics: &Metrics, rule: &Rule, outcome: Outcome) -> IntCounter {
-        let handles = self.handles_of(&rule.id, metrics.max_rule_series);
-        if let Some((_, _, counter)) = handles
+    fn count_forced(&mut self, metrics: &Metrics, rule: &Rule, outcome: Outcome) {
+        let (counters, label) = self.counters_of(&rule.id, metrics.max_rule_series);
+        if let Some((_, _, counter)) = counters
             .forced
             .iter()
             .find(|(code, o, _)| *code == rule.code && *o == outcome)
         {
-            return counter.clone();
+            counter.inc();
+            return;
         }
-        let label = if handles.other { OTHER_RULE } else { &rule.id };
         let key = (
             label.to_owned(),
             rule.code.to_string(),
             outcome.as_str().to_owned(),
         );
         let counter = metrics.forced.with_label_values(&[&key.0, &key.1, &key.2]);
-        handles.forced.push((rule.code, outcome, counter.clone()));
+        counter.inc();
+        counters.forced.push((rule.code, outcome, counter));
         self.forced_series.insert(key);
-        counter
     }
 
-    fn match_counter(&mut self, metrics: &Metrics, rule: &Rule) -> IntCounter {
+    fn count_match(&mut self, metrics: &Metrics, rule: &Rule) {
         let (index, mode) = match rule.mode {
             Mode::Enforce => (0, "enforce"),
             Mode::Shadow => (1, "shadow"),
         };
-        let handles = self.handles_of(&rule.id, metrics.max_rule_series);
-        if let Some(counter) = &handles.matches[index] {
-            return counter.clone();
+        let (counters, label) = self.counters_of(&rule.id, metrics.max_rule_series);
+        if let Some(counter) = &counters.matches[index] {
+            counter.inc();
+            return;
         }
-        let label = if handles.other { OTHER_RULE } else { &rule.id };
         let key = (label.to_owned(), mode.to_owned());
         let counter = metrics.rule_matches.with_label_values(&[&key.0, &key.1]);
-        handles.matches[index] = Some(counter.clone());
+        counter.inc();
+        counters.matches[index] = Some(counter);
         self.match_series.insert(key);
-        counter
-    }
-
-    /// The `rule` label for a rule id: the id itself while under the cap (or
-    /// already exported), else `_other`, so label values stay bounded.
-    fn rule_label(&mut self, id: &str, cap: usize) -> String {
-        if self.rule_names.contains(id) {
-            id.to_owned()
-        } else if self.rule_names.len() < cap {
-            self.rule_names.insert(id.to_owned());
-            id.to_owned()
-        } else {
-            OTHER_RULE.to_owned()
-        }
     }
 }
 
@@ -550,12 +532,7 @@ fn remove_gone_rules(
     forced: &IntCounterVec,
     matches: &IntCounterVec,
 ) {
-    let named = state.rule_names.len();
-    state.rule_names.retain(|rule| set.get(rule).is_some());
-    let room_made = state.rule_names.len() < named;
-    state
-        .handles
-        .retain(|rule, handles| set.get(rule).is_some() && !(room_made && handles.other));
+    state.rules.retain(|rule, _| set.get(rule).is_some());
     state.forced_series.retain(|(rule, code, outcome)| {
         let keep = rule == OTHER_RULE || set.get(rule).is_some();
         if !keep {
@@ -688,6 +665,58 @@ mod tests {
                 (r#"mode="enforce",rule="b""#.into(), 1),
             ]
         );
+    }
+
+    #[test]
+    fn counters_over_the_cap_are_shared_and_a_rule_over_it_leaving_makes_no_room() {
+        let metrics = Metrics::with_rule_series_cap(1);
+        let rules: Vec<Rule> = ["a", "b", "c"]
+            .iter()
+            .map(|id| rule(id, 550, Mode::Enforce))
+            .collect();
+        let all = store_with(&rules.iter().collect::<Vec<_>>());
+        for r in &rules {
+            metrics.decided(Outcome::Failed, Some(r), &[r]);
+        }
+        let kept = metrics.state.lock().expect("state").rules.len();
+        assert_eq!(kept, 1, "counters of their own only up to the cap");
+        assert_eq!(
+            series(&metrics, &all, "bouncer_forced_total"),
+            [
+                (r#"code="550",outcome="failed",rule="_other""#.into(), 2),
+                (r#"code="550",outcome="failed",rule="a""#.into(), 1),
+            ]
+        );
+        // `b`, counted under `_other`, leaves: `a` keeps the only place,
+        // and `c` still counts under `_other`.
+        let without_b = store_with(&[&rules[0], &rules[2]]);
+        metrics.render(&without_b);
+        metrics.decided(Outcome::Failed, Some(&rules[2]), &[&rules[2]]);
+        assert_eq!(
+            series(&metrics, &without_b, "bouncer_forced_total"),
+            [
+                (r#"code="550",outcome="failed",rule="_other""#.into(), 3),
+                (r#"code="550",outcome="failed",rule="a""#.into(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_id_that_turns_from_enforce_to_shadow_counts_in_both_modes() {
+        let metrics = Metrics::with_rule_series_cap(10);
+        let (enforce, shadow) = (rule("a", 550, Mode::Enforce), rule("a", 550, Mode::Shadow));
+        let store = store_with(&[&shadow]);
+        metrics.decided(Outcome::Failed, Some(&enforce), &[&enforce]);
+        metrics.decided(Outcome::Forwarded, None, &[&shadow]);
+        metrics.decided(Outcome::Forwarded, None, &[&shadow]);
+        assert_eq!(
+            series(&metrics, &store, "bouncer_rule_matches_total"),
+            [
+                (r#"mode="enforce",rule="a""#.into(), 1),
+                (r#"mode="shadow",rule="a""#.into(), 2),
+            ]
+        );
+        assert_eq!(metrics.matches_of("a"), 3);
     }
 
     #[test]
