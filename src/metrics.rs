@@ -4,7 +4,7 @@
 //! with one atomic add; per-rule series are created on first match and
 //! removed when the rule leaves the rule set.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Mutex;
 
 use prometheus::{
@@ -64,23 +64,9 @@ struct ExportState {
     /// Label sets of per-rule series created so far: (rule, code, outcome)
     /// for `bouncer_forced_total`, (rule, mode) for the matches.
     forced_series: HashSet<(String, String, String)>,
+    /// Rule ids that have series of their own (at most the cap).
+    rule_names: HashSet<String>,
     match_series: HashSet<(String, String)>,
-    /// The counters of each rule id with series of its own (at most the
-    /// cap), so that a match updates them without building label values.
-    /// Dropped with the rule's series when it leaves the set.
-    rules: HashMap<String, RuleCounters>,
-    /// The counters of every rule beyond the cap, labelled `_other`.
-    other: RuleCounters,
-}
-
-/// One label's counters (see [`ExportState::rules`]).
-#[derive(Default)]
-struct RuleCounters {
-    /// `bouncer_forced_total` by (code, outcome): a reload can change the
-    /// code of an id.
-    forced: Vec<(u16, Outcome, IntCounter)>,
-    /// `bouncer_rule_matches_total` by mode: enforce, shadow.
-    matches: [Option<IntCounter>; 2],
 }
 
 impl Default for Metrics {
@@ -354,10 +340,21 @@ impl Metrics {
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rule) = winner {
-            state.count_forced(self, rule, outcome);
+            let name = state.rule_label(&rule.id, self.max_rule_series);
+            let key = (name, rule.code.to_string(), outcome.as_str().to_owned());
+            self.forced
+                .with_label_values(&[&key.0, &key.1, &key.2])
+                .inc();
+            state.forced_series.insert(key);
         }
         for rule in matched {
-            state.count_match(self, rule);
+            let mode = match rule.mode {
+                Mode::Enforce => "enforce",
+                Mode::Shadow => "shadow",
+            };
+            let name = state.rule_label(&rule.id, self.max_rule_series);
+            self.rule_matches.with_label_values(&[&name, mode]).inc();
+            state.match_series.insert((name, mode.to_owned()));
         }
     }
 
@@ -475,54 +472,17 @@ impl Metrics {
 }
 
 impl ExportState {
-    /// The counters a rule's matches go to, and their label: the rule's
-    /// own while under the cap (or once given), else `_other`.
-    fn counters_of<'i>(&mut self, id: &'i str, cap: usize) -> (&mut RuleCounters, &'i str) {
-        if !self.rules.contains_key(id) && self.rules.len() < cap {
-            self.rules.insert(id.to_owned(), RuleCounters::default());
+    /// The `rule` label for a rule id: the id itself while under the cap (or
+    /// already exported), else `_other`, so label values stay bounded.
+    fn rule_label(&mut self, id: &str, cap: usize) -> String {
+        if self.rule_names.contains(id) {
+            id.to_owned()
+        } else if self.rule_names.len() < cap {
+            self.rule_names.insert(id.to_owned());
+            id.to_owned()
+        } else {
+            OTHER_RULE.to_owned()
         }
-        match self.rules.get_mut(id) {
-            Some(counters) => (counters, id),
-            None => (&mut self.other, OTHER_RULE),
-        }
-    }
-
-    fn count_forced(&mut self, metrics: &Metrics, rule: &Rule, outcome: Outcome) {
-        let (counters, label) = self.counters_of(&rule.id, metrics.max_rule_series);
-        if let Some((_, _, counter)) = counters
-            .forced
-            .iter()
-            .find(|(code, o, _)| *code == rule.code && *o == outcome)
-        {
-            counter.inc();
-            return;
-        }
-        let key = (
-            label.to_owned(),
-            rule.code.to_string(),
-            outcome.as_str().to_owned(),
-        );
-        let counter = metrics.forced.with_label_values(&[&key.0, &key.1, &key.2]);
-        counter.inc();
-        counters.forced.push((rule.code, outcome, counter));
-        self.forced_series.insert(key);
-    }
-
-    fn count_match(&mut self, metrics: &Metrics, rule: &Rule) {
-        let (index, mode) = match rule.mode {
-            Mode::Enforce => (0, "enforce"),
-            Mode::Shadow => (1, "shadow"),
-        };
-        let (counters, label) = self.counters_of(&rule.id, metrics.max_rule_series);
-        if let Some(counter) = &counters.matches[index] {
-            counter.inc();
-            return;
-        }
-        let key = (label.to_owned(), mode.to_owned());
-        let counter = metrics.rule_matches.with_label_values(&[&key.0, &key.1]);
-        counter.inc();
-        counters.matches[index] = Some(counter);
-        self.match_series.insert(key);
     }
 }
 
@@ -532,7 +492,7 @@ fn remove_gone_rules(
     forced: &IntCounterVec,
     matches: &IntCounterVec,
 ) {
-    state.rules.retain(|rule, _| set.get(rule).is_some());
+    state.rule_names.retain(|rule| set.get(rule).is_some());
     state.forced_series.retain(|(rule, code, outcome)| {
         let keep = rule == OTHER_RULE || set.get(rule).is_some();
         if !keep {
@@ -547,191 +507,4 @@ fn remove_gone_rules(
         }
         keep
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rules::{Conditions, Source};
-
-    fn rule(id: &str, code: u16, mode: Mode) -> Rule {
-        Rule {
-            id: id.into(),
-            source: Source::Api,
-            code,
-            status: None,
-            description: "test".into(),
-            conditions: Conditions::default(),
-            match_all: true,
-            mode,
-            not_before: None,
-            expires: None,
-            created_by: None,
-            created_at: None,
-        }
-    }
-
-    fn store_with(rules: &[&Rule]) -> RuleStore {
-        let store = RuleStore::new();
-        store.set_api_rules(rules.iter().map(|r| (*r).clone()).collect());
-        store
-    }
-
-    /// (labels, value) of every series of `name` in the exposition.
-    fn series(metrics: &Metrics, store: &RuleStore, name: &str) -> Vec<(String, u64)> {
-        let text = metrics.render(store);
-        let mut found: Vec<(String, u64)> = text
-            .lines()
-            .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
-            .filter_map(|rest| {
-                let (labels, value) = rest.split_once("} ")?;
-                Some((labels.to_owned(), value.parse().ok()?))
-            })
-            .collect();
-        found.sort();
-        found
-    }
-
-    #[test]
-    fn stopped_deliveries_count_per_rule_code_outcome_and_matches_per_mode() {
-        let metrics = Metrics::with_rule_series_cap(10);
-        let (a, shadow) = (rule("a", 550, Mode::Enforce), rule("s", 550, Mode::Shadow));
-        let store = store_with(&[&a, &shadow]);
-        for _ in 0..3 {
-            metrics.decided(Outcome::Failed, Some(&a), &[&a, &shadow]);
-        }
-        metrics.decided(Outcome::Deferred, Some(&a), &[&a]);
-        metrics.decided(Outcome::Forwarded, None, &[&shadow]);
-        assert_eq!(
-            series(&metrics, &store, "bouncer_forced_total"),
-            [
-                (r#"code="550",outcome="deferred",rule="a""#.into(), 1),
-                (r#"code="550",outcome="failed",rule="a""#.into(), 3),
-            ]
-        );
-        assert_eq!(
-            series(&metrics, &store, "bouncer_rule_matches_total"),
-            [
-                (r#"mode="enforce",rule="a""#.into(), 4),
-                (r#"mode="shadow",rule="s""#.into(), 4),
-            ]
-        );
-        assert_eq!(metrics.matches_of("a"), 4);
-
-        // A reload gives the id another code: a series of its own.
-        let a451 = rule("a", 451, Mode::Enforce);
-        metrics.decided(Outcome::Failed, Some(&a451), &[&a451]);
-        assert!(
-            series(&metrics, &store, "bouncer_forced_total")
-                .contains(&(r#"code="451",outcome="failed",rule="a""#.into(), 1))
-        );
-    }
-
-    #[test]
-    fn rules_over_the_cap_count_as_other_until_a_rule_leaves_the_set() {
-        let metrics = Metrics::with_rule_series_cap(1);
-        let (a, b) = (rule("a", 550, Mode::Enforce), rule("b", 550, Mode::Enforce));
-        let both = store_with(&[&a, &b]);
-        metrics.decided(Outcome::Failed, Some(&a), &[&a]);
-        metrics.decided(Outcome::Failed, Some(&b), &[&b]);
-        metrics.decided(Outcome::Failed, Some(&b), &[&b]);
-        assert_eq!(
-            series(&metrics, &both, "bouncer_forced_total"),
-            [
-                (r#"code="550",outcome="failed",rule="_other""#.into(), 2),
-                (r#"code="550",outcome="failed",rule="a""#.into(), 1),
-            ]
-        );
-
-        // `a` leaves the set: its series go, `_other` stays, and `b` now
-        // has room for a series of its own.
-        let only_b = store_with(&[&b]);
-        assert_eq!(
-            series(&metrics, &only_b, "bouncer_forced_total"),
-            [(r#"code="550",outcome="failed",rule="_other""#.into(), 2)]
-        );
-        metrics.decided(Outcome::Failed, Some(&b), &[&b]);
-        assert_eq!(
-            series(&metrics, &only_b, "bouncer_forced_total"),
-            [
-                (r#"code="550",outcome="failed",rule="_other""#.into(), 2),
-                (r#"code="550",outcome="failed",rule="b""#.into(), 1),
-            ]
-        );
-        assert_eq!(
-            series(&metrics, &only_b, "bouncer_rule_matches_total"),
-            [
-                (r#"mode="enforce",rule="_other""#.into(), 2),
-                (r#"mode="enforce",rule="b""#.into(), 1),
-            ]
-        );
-    }
-
-    #[test]
-    fn counters_over_the_cap_are_shared_and_a_rule_over_it_leaving_makes_no_room() {
-        let metrics = Metrics::with_rule_series_cap(1);
-        let rules: Vec<Rule> = ["a", "b", "c"]
-            .iter()
-            .map(|id| rule(id, 550, Mode::Enforce))
-            .collect();
-        let all = store_with(&rules.iter().collect::<Vec<_>>());
-        for r in &rules {
-            metrics.decided(Outcome::Failed, Some(r), &[r]);
-        }
-        let kept = metrics.state.lock().expect("state").rules.len();
-        assert_eq!(kept, 1, "counters of their own only up to the cap");
-        assert_eq!(
-            series(&metrics, &all, "bouncer_forced_total"),
-            [
-                (r#"code="550",outcome="failed",rule="_other""#.into(), 2),
-                (r#"code="550",outcome="failed",rule="a""#.into(), 1),
-            ]
-        );
-        // `b`, counted under `_other`, leaves: `a` keeps the only place,
-        // and `c` still counts under `_other`.
-        let without_b = store_with(&[&rules[0], &rules[2]]);
-        metrics.render(&without_b);
-        metrics.decided(Outcome::Failed, Some(&rules[2]), &[&rules[2]]);
-        assert_eq!(
-            series(&metrics, &without_b, "bouncer_forced_total"),
-            [
-                (r#"code="550",outcome="failed",rule="_other""#.into(), 3),
-                (r#"code="550",outcome="failed",rule="a""#.into(), 1),
-            ]
-        );
-    }
-
-    #[test]
-    fn an_id_that_turns_from_enforce_to_shadow_counts_in_both_modes() {
-        let metrics = Metrics::with_rule_series_cap(10);
-        let (enforce, shadow) = (rule("a", 550, Mode::Enforce), rule("a", 550, Mode::Shadow));
-        let store = store_with(&[&shadow]);
-        metrics.decided(Outcome::Failed, Some(&enforce), &[&enforce]);
-        metrics.decided(Outcome::Forwarded, None, &[&shadow]);
-        metrics.decided(Outcome::Forwarded, None, &[&shadow]);
-        assert_eq!(
-            series(&metrics, &store, "bouncer_rule_matches_total"),
-            [
-                (r#"mode="enforce",rule="a""#.into(), 1),
-                (r#"mode="shadow",rule="a""#.into(), 2),
-            ]
-        );
-        assert_eq!(metrics.matches_of("a"), 3);
-    }
-
-    #[test]
-    fn a_rule_that_left_and_came_back_counts_from_zero_again() {
-        let metrics = Metrics::with_rule_series_cap(10);
-        let a = rule("a", 550, Mode::Enforce);
-        let with_a = store_with(&[&a]);
-        metrics.decided(Outcome::Failed, Some(&a), &[&a]);
-        assert_eq!(series(&metrics, &with_a, "bouncer_forced_total").len(), 1);
-        let empty = store_with(&[]);
-        assert_eq!(series(&metrics, &empty, "bouncer_forced_total"), []);
-        metrics.decided(Outcome::Failed, Some(&a), &[&a]);
-        assert_eq!(
-            series(&metrics, &with_a, "bouncer_forced_total"),
-            [(r#"code="550",outcome="failed",rule="a""#.into(), 1)]
-        );
-    }
 }

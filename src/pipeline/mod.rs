@@ -47,9 +47,7 @@ use serde::Serialize;
 
 use self::fetch_watch::FetchWatch;
 use self::offsets::{OffsetTracker, Ticket};
-use self::output::{
-    Destination, Input, InputHeaders, Meta, OutputRecord, Outputs, PartitionChoice,
-};
+use self::output::{Destination, Input, InputHeader, Meta, OutputRecord, Outputs, PartitionChoice};
 use self::transaction::{Ended, Transactions};
 use crate::config::{Config, Guarantee, LogOutcomes};
 use crate::event::Event;
@@ -812,7 +810,7 @@ impl Loop<'_> {
         let consumed_at = Instant::now();
         self.last_consumed_at = consumed_at;
         self.shared.consumed(consumed_at);
-        let headers: InputHeaders<'_> = message
+        let headers: Vec<InputHeader<'_>> = message
             .headers()
             .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
             .unwrap_or_default();
@@ -840,7 +838,7 @@ impl Loop<'_> {
         ) {
             Err(invalid) => {
                 self.metrics.invalid();
-                tracing::debug!(input = %input.coordinates_display(), error = %invalid, "invalid event to the dead-letter topic");
+                tracing::debug!(input = %input.coordinates(), error = %invalid, "invalid event to the dead-letter topic");
                 smallvec::smallvec![output::dead_letter(&input, &invalid)]
             }
             Ok(event) => {
@@ -851,13 +849,14 @@ impl Loop<'_> {
                     && decision.outcome != Outcome::Forwarded
                     && self.config.log_outcomes == LogOutcomes::Each
                 {
+                    let tags: Vec<&str> = event.tags.iter().map(|t| t.as_ref()).collect();
                     tracing::info!(
                         outcome = decision.outcome.as_str(),
                         rule = %rule.id,
                         code = rule.code,
                         domain = event.recipient_domain.as_deref().unwrap_or(""),
-                        tags = ?event.tags,
-                        input = %input.coordinates_display(),
+                        tags = ?tags,
+                        input = %input.coordinates(),
                         "delivery stopped"
                     );
                 }
@@ -911,14 +910,14 @@ impl Loop<'_> {
                 .produce_errors
                 .with_label_values(&[self.topic(destination), kind(&error)])
                 .inc();
-            tracing::warn!(input = %input.coordinates_display(), topic = self.topic(destination), error = %error, "record refused; sending a dead letter instead");
+            tracing::warn!(input = %input.coordinates(), topic = self.topic(destination), error = %error, "record refused; sending a dead letter instead");
             let dead = output::dead_letter_unproducible(input, destination, &error.to_string());
             if self.produce(&dead, ticket, consumed_at).is_err()
                 && let Err(e) = self.produce(&dead.clone().without_value(), ticket, consumed_at)
             {
                 // Nothing can be written for this event: rewind so it is not
                 // skipped, and pause the partition for a while.
-                tracing::error!(input = %input.coordinates_display(), error = %e, "dead letter refused too");
+                tracing::error!(input = %input.coordinates(), error = %e, "dead letter refused too");
                 self.rewind(ticket, &e.to_string(), ERROR_PAUSE);
             }
         }

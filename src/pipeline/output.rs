@@ -24,7 +24,7 @@ use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
 use crate::config::Partitioning;
-use crate::event::{Field, Invalid, Reason, format_mailerq_time};
+use crate::event::{Field, Invalid, MAILERQ_TIME_FORMAT, Reason};
 use crate::rules::{Decision, Mode, Outcome, Rule, Source};
 
 /// `bouncer-outcome`: the decision, on forward, result and retry records.
@@ -48,9 +48,6 @@ pub const PRODUCE_FAILED: &str = "produce-failed";
 /// One input header: name and value (`None` for a null value).
 pub type InputHeader<'a> = (&'a str, Option<&'a [u8]>);
 
-/// An input's headers (most records carry only a few).
-pub type InputHeaders<'a> = SmallVec<[InputHeader<'a>; 4]>;
-
 /// One consumed record, as the pipeline hands it over.
 #[derive(Debug, Clone)]
 pub struct Input<'a> {
@@ -59,8 +56,8 @@ pub struct Input<'a> {
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
-    /// In record order, duplicates kept; a few inline, without allocating.
-    pub headers: InputHeaders<'a>,
+    /// In record order, duplicates kept.
+    pub headers: Vec<InputHeader<'a>>,
     /// Milliseconds since the Unix epoch.
     pub timestamp: Option<i64>,
 }
@@ -69,44 +66,17 @@ impl Input<'_> {
     /// `<topic>/<partition>/<offset>`: identifies the input in `bouncer-input`,
     /// the result entry and logs, so duplicates after a crash can be matched.
     pub fn coordinates(&self) -> String {
-        // Sized once: the partition and offset take at most 31 bytes.
-        let mut s = String::with_capacity(self.topic.len() + 33);
-        let _ = self.coordinates_display().write_to(&mut s);
+        // Once per output record: without the formatting machinery.
+        let mut partition = itoa::Buffer::new();
+        let mut offset = itoa::Buffer::new();
+        let (partition, offset) = (partition.format(self.partition), offset.format(self.offset));
+        let mut s = String::with_capacity(self.topic.len() + partition.len() + offset.len() + 2);
+        s.push_str(self.topic);
+        s.push('/');
+        s.push_str(partition);
+        s.push('/');
+        s.push_str(offset);
         s
-    }
-
-    /// [`Input::coordinates`] as a `Display` value: log fields write it
-    /// without a `String` of their own.
-    pub fn coordinates_display(&self) -> Coordinates<'_> {
-        Coordinates {
-            topic: self.topic,
-            partition: self.partition,
-            offset: self.offset,
-        }
-    }
-}
-
-/// `<topic>/<partition>/<offset>` for logs, written without a `String`.
-pub struct Coordinates<'i> {
-    topic: &'i str,
-    partition: i32,
-    offset: i64,
-}
-
-impl Coordinates<'_> {
-    /// Once per output record: without the formatting machinery.
-    fn write_to(&self, out: &mut impl fmt::Write) -> fmt::Result {
-        out.write_str(self.topic)?;
-        out.write_str("/")?;
-        out.write_str(itoa::Buffer::new().format(self.partition))?;
-        out.write_str("/")?;
-        out.write_str(itoa::Buffer::new().format(self.offset))
-    }
-}
-
-impl fmt::Display for Coordinates<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.write_to(f)
     }
 }
 
@@ -386,7 +356,7 @@ fn result_entry(rule: &Rule, coordinates: &str, meta: &Meta<'_>) -> String {
         input: &'r str,
     }
     let entry = Entry {
-        time: format_mailerq_time(meta.now),
+        time: meta.now.format(MAILERQ_TIME_FORMAT).to_string(),
         state: "forced",
         result: "error",
         code: rule.code,
@@ -592,7 +562,6 @@ mod tests {
     const TIMESTAMP: i64 = 1_795_780_800_000;
 
     fn input<'a>(value: &'a [u8], headers: Vec<InputHeader<'a>>) -> Input<'a> {
-        let headers = headers.into_iter().collect();
         Input {
             topic: "deliveries",
             partition: 3,
@@ -714,22 +683,6 @@ mod tests {
     }
 
     #[test]
-    fn coordinates_for_logs_are_those_of_the_header() {
-        let record = input(b"{}", vec![]);
-        assert_eq!(record.coordinates(), "deliveries/3/10452");
-        assert_eq!(
-            record.coordinates_display().to_string(),
-            record.coordinates()
-        );
-        let mut extreme = record.clone();
-        (extreme.partition, extreme.offset) = (i32::MIN, i64::MIN);
-        assert_eq!(
-            extreme.coordinates(),
-            format!("deliveries/{}/{}", i32::MIN, i64::MIN)
-        );
-    }
-
-    #[test]
     fn forward_keeps_a_missing_key_value_and_timestamp_missing() {
         let input = Input {
             topic: "deliveries",
@@ -737,7 +690,7 @@ mod tests {
             offset: 7,
             key: None,
             value: None,
-            headers: SmallVec::new(),
+            headers: vec![],
             timestamp: None,
         };
         let record = forward(&input, &[], &meta(Partitioning::Same));
