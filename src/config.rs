@@ -38,7 +38,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub fetch_start_timeout: Duration,
     /// Most per-rule metric series; matches of further rules are counted
-    /// under `rule="_other"`.
+    /// under `rule="(other)"`.
     pub max_rule_series: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,

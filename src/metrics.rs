@@ -4,7 +4,7 @@
 //! with one atomic add; per-rule series are created on first match and
 //! removed when the rule leaves the rule set.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use prometheus::{
@@ -49,7 +49,7 @@ pub struct Metrics {
     pub stalled: IntGauge,
     pub kafka_rtt: GaugeVec,
     pub kafka_queue: IntGaugeVec,
-    /// Per-rule series allowed before further rules count as `_other`.
+    /// Per-rule series allowed before further rules count as `(other)`.
     max_rule_series: usize,
     state: Mutex<ExportState>,
 }
@@ -67,6 +67,11 @@ struct ExportState {
     /// Rule ids that have series of their own (at most the cap).
     rule_names: HashSet<String>,
     match_series: HashSet<(String, String)>,
+    /// Matches of every rule that matched on this instance, enforce and
+    /// shadow together, whether or not it has series of its own: the API's
+    /// `matches_this_instance`. An id's entry goes when a new rule set no
+    /// longer holds it.
+    matches: HashMap<Box<str>, u64>,
 }
 
 impl Default for Metrics {
@@ -75,8 +80,9 @@ impl Default for Metrics {
     }
 }
 
-/// The label under which rules beyond the series cap are counted.
-pub const OTHER_RULE: &str = "_other";
+/// The label under which rules beyond the series cap are counted: not a
+/// valid rule id (SPEC §2 allows `[A-Za-z0-9._-]`), so it never names one.
+pub const OTHER_RULE: &str = "(other)";
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -348,6 +354,12 @@ impl Metrics {
             state.forced_series.insert(key);
         }
         for rule in matched {
+            match state.matches.get_mut(rule.id.as_str()) {
+                Some(count) => *count += 1,
+                None => {
+                    state.matches.insert(rule.id.as_str().into(), 1);
+                }
+            }
             let mode = match rule.mode {
                 Mode::Enforce => "enforce",
                 Mode::Shadow => "shadow",
@@ -399,6 +411,10 @@ impl Metrics {
         self.reload_last_successful
             .set(i64::from(status.ok || status.last_attempt.is_none()));
         if state.hash != set.hash() {
+            // Once per rule set, not per scrape: at 100,000 matched rules
+            // this walk takes milliseconds, and the pipeline waits for the
+            // lock to count a match.
+            state.matches.retain(|id, _| set.get(id).is_some());
             if !state.hash.is_empty() {
                 let _ = self.rules_info.remove_label_values(&[&state.hash]);
             }
@@ -451,18 +467,11 @@ impl Metrics {
         String::from_utf8(out).expect("exposition is UTF-8")
     }
 
-    /// Matches of a rule (enforce or shadow) on this instance since start.
+    /// Matches of a rule (enforce or shadow) on this instance since it
+    /// joined the rule set, including those of a rule beyond the series cap.
     pub fn matches_of(&self, rule: &str) -> u64 {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        ["enforce", "shadow"]
-            .iter()
-            .filter(|mode| {
-                state
-                    .match_series
-                    .contains(&(rule.to_owned(), (**mode).to_owned()))
-            })
-            .map(|mode| self.rule_matches.with_label_values(&[rule, mode]).get())
-            .sum()
+        state.matches.get(rule).copied().unwrap_or(0)
     }
 
     /// The current value of `bouncer_events_total{outcome}`.
@@ -473,7 +482,7 @@ impl Metrics {
 
 impl ExportState {
     /// The `rule` label for a rule id: the id itself while under the cap (or
-    /// already exported), else `_other`, so label values stay bounded.
+    /// already exported), else `(other)`, so label values stay bounded.
     fn rule_label(&mut self, id: &str, cap: usize) -> String {
         if self.rule_names.contains(id) {
             id.to_owned()
@@ -507,4 +516,188 @@ fn remove_gone_rules(
         }
         keep
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Conditions, Source};
+
+    fn rule(id: &str, code: u16, mode: Mode) -> Rule {
+        Rule {
+            id: id.into(),
+            source: Source::Api,
+            code,
+            status: None,
+            description: "test".into(),
+            conditions: Conditions::default(),
+            match_all: true,
+            mode,
+            not_before: None,
+            expires: None,
+            created_by: None,
+            created_at: None,
+        }
+    }
+
+    fn store_with(rules: &[&Rule]) -> RuleStore {
+        let store = RuleStore::new();
+        store.set_api_rules(rules.iter().map(|r| (*r).clone()).collect());
+        store
+    }
+
+    /// (labels, value) of every series of `name` in the exposition.
+    fn series(metrics: &Metrics, store: &RuleStore, name: &str) -> Vec<(String, u64)> {
+        let text = metrics.render(store);
+        let mut found: Vec<(String, u64)> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+            .filter_map(|rest| {
+                let (labels, value) = rest.split_once("} ")?;
+                Some((labels.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn stopped_deliveries_count_per_rule_code_outcome_and_matches_per_mode() {
+        let metrics = Metrics::with_rule_series_cap(10);
+        let (a, shadow) = (rule("a", 550, Mode::Enforce), rule("s", 550, Mode::Shadow));
+        let store = store_with(&[&a, &shadow]);
+        for _ in 0..3 {
+            metrics.decided(Outcome::Failed, Some(&a), &[&a, &shadow]);
+        }
+        metrics.decided(Outcome::Deferred, Some(&a), &[&a]);
+        metrics.decided(Outcome::Forwarded, None, &[&shadow]);
+        metrics.decided(Outcome::Forwarded, None, &[]);
+        assert_eq!(
+            series(&metrics, &store, "bouncer_forced_total"),
+            [
+                (r#"code="550",outcome="deferred",rule="a""#.into(), 1),
+                (r#"code="550",outcome="failed",rule="a""#.into(), 3),
+            ]
+        );
+        assert_eq!(
+            series(&metrics, &store, "bouncer_rule_matches_total"),
+            [
+                (r#"mode="enforce",rule="a""#.into(), 4),
+                (r#"mode="shadow",rule="s""#.into(), 4),
+            ]
+        );
+        assert_eq!(metrics.matches_of("a"), 4);
+        assert_eq!(metrics.matches_of("s"), 4);
+        assert_eq!(metrics.matches_of("nothing"), 0);
+        assert_eq!(metrics.events("forwarded"), 2);
+        assert_eq!(metrics.events("failed"), 3);
+    }
+
+    #[test]
+    fn rules_over_the_cap_share_the_other_series_but_keep_their_own_match_count() {
+        let metrics = Metrics::with_rule_series_cap(1);
+        let (a, b) = (rule("a", 550, Mode::Enforce), rule("b", 550, Mode::Enforce));
+        let both = store_with(&[&a, &b]);
+        metrics.decided(Outcome::Failed, Some(&a), &[&a]);
+        metrics.decided(Outcome::Failed, Some(&b), &[&b]);
+        metrics.decided(Outcome::Failed, Some(&b), &[&b]);
+        assert_eq!(
+            series(&metrics, &both, "bouncer_forced_total"),
+            [
+                (r#"code="550",outcome="failed",rule="(other)""#.into(), 2),
+                (r#"code="550",outcome="failed",rule="a""#.into(), 1),
+            ]
+        );
+        assert_eq!(metrics.matches_of("a"), 1);
+        assert_eq!(metrics.matches_of("b"), 2, "the API counts past the cap");
+
+        // `a` leaves the set: its series and count go, `(other)` stays, and
+        // `b` now has room for a series of its own.
+        let only_b = store_with(&[&b]);
+        assert_eq!(
+            series(&metrics, &only_b, "bouncer_forced_total"),
+            [(r#"code="550",outcome="failed",rule="(other)""#.into(), 2)]
+        );
+        assert_eq!(metrics.matches_of("a"), 0);
+        metrics.decided(Outcome::Failed, Some(&b), &[&b]);
+        assert_eq!(
+            series(&metrics, &only_b, "bouncer_forced_total"),
+            [
+                (r#"code="550",outcome="failed",rule="(other)""#.into(), 2),
+                (r#"code="550",outcome="failed",rule="b""#.into(), 1),
+            ]
+        );
+        assert_eq!(
+            series(&metrics, &only_b, "bouncer_rule_matches_total"),
+            [
+                (r#"mode="enforce",rule="(other)""#.into(), 2),
+                (r#"mode="enforce",rule="b""#.into(), 1),
+            ]
+        );
+        assert_eq!(metrics.matches_of("b"), 3);
+    }
+
+    #[test]
+    fn a_rule_with_the_id_other_is_not_confused_with_the_overflow() {
+        // `_other` is a valid rule id (SPEC §2); the overflow label is not.
+        let metrics = Metrics::with_rule_series_cap(1);
+        let (named, a) = (
+            rule("_other", 550, Mode::Enforce),
+            rule("a", 550, Mode::Enforce),
+        );
+        let store = store_with(&[&named, &a]);
+        metrics.decided(Outcome::Failed, Some(&named), &[&named]);
+        metrics.decided(Outcome::Failed, Some(&a), &[&a]);
+        assert_eq!(
+            series(&metrics, &store, "bouncer_rule_matches_total"),
+            [
+                (r#"mode="enforce",rule="(other)""#.into(), 1),
+                (r#"mode="enforce",rule="_other""#.into(), 1),
+            ]
+        );
+        assert_eq!(metrics.matches_of("_other"), 1);
+        assert_eq!(metrics.matches_of("a"), 1);
+        assert!(
+            OTHER_RULE
+                .bytes()
+                .any(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))),
+            "{OTHER_RULE:?} must be outside the rule id grammar"
+        );
+    }
+
+    #[test]
+    fn an_id_that_turns_from_enforce_to_shadow_counts_in_both_modes() {
+        let metrics = Metrics::with_rule_series_cap(10);
+        let (enforce, shadow) = (rule("a", 550, Mode::Enforce), rule("a", 550, Mode::Shadow));
+        let store = store_with(&[&shadow]);
+        metrics.decided(Outcome::Failed, Some(&enforce), &[&enforce]);
+        metrics.decided(Outcome::Forwarded, None, &[&shadow]);
+        metrics.decided(Outcome::Forwarded, None, &[&shadow]);
+        assert_eq!(
+            series(&metrics, &store, "bouncer_rule_matches_total"),
+            [
+                (r#"mode="enforce",rule="a""#.into(), 1),
+                (r#"mode="shadow",rule="a""#.into(), 2),
+            ]
+        );
+        assert_eq!(metrics.matches_of("a"), 3);
+    }
+
+    #[test]
+    fn a_rule_that_left_and_came_back_counts_from_zero_again() {
+        let metrics = Metrics::with_rule_series_cap(10);
+        let a = rule("a", 550, Mode::Enforce);
+        let with_a = store_with(&[&a]);
+        metrics.decided(Outcome::Failed, Some(&a), &[&a]);
+        assert_eq!(series(&metrics, &with_a, "bouncer_forced_total").len(), 1);
+        let empty = store_with(&[]);
+        assert_eq!(series(&metrics, &empty, "bouncer_forced_total"), []);
+        assert_eq!(metrics.matches_of("a"), 0);
+        metrics.decided(Outcome::Failed, Some(&a), &[&a]);
+        assert_eq!(
+            series(&metrics, &with_a, "bouncer_forced_total"),
+            [(r#"code="550",outcome="failed",rule="a""#.into(), 1)]
+        );
+        assert_eq!(metrics.matches_of("a"), 1);
+    }
 }

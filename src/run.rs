@@ -99,6 +99,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         api: Some(api),
     };
     runtime.spawn(http::serve_on(listener, state, wait_for(shutdown.clone())));
+    runtime.spawn(forget_gone_rules(metrics.clone(), store.clone()));
     tracing::info!(listen = %config.http_listen, "http listening");
 
     // Nothing is consumed before a valid rule set is in force (SPEC §6).
@@ -240,6 +241,19 @@ async fn signals(shutdown: Arc<AtomicBool>, reload: ReloadTrigger, timeout: Dura
     tokio::time::sleep(timeout).await;
     tracing::error!("shutdown timeout reached; exiting without a clean drain");
     std::process::exit(0);
+}
+
+/// Per-rule series and match counts go when their rule leaves the set at
+/// the next scrape; this does it every minute too, so an instance nothing
+/// scrapes does not keep the counts of every rule it ever matched.
+async fn forget_gone_rules(metrics: Arc<Metrics>, store: Arc<RuleStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (metrics, store) = (metrics.clone(), store.clone());
+        let _ = tokio::task::spawn_blocking(move || metrics.sync_rules(&store)).await;
+    }
 }
 
 async fn wait_for(flag: Arc<AtomicBool>) {

@@ -192,7 +192,9 @@ fn a_rule_posted_on_one_instance_is_in_force_on_all_and_survives_restarts() {
         producer.send(&campaign_event(&format!("e{n}"), "campaign_late"));
     }
     producer.flush();
-    let mut d = setup.start("bouncer-d");
+    // d keeps no per-rule series at all: its matches are metrics under
+    // `rule="(other)"`, and the API still counts them for the rule.
+    let mut d = setup.start_with("bouncer-d", &["max_rule_series = 0".to_owned()]);
     d.wait_ready();
     let seen = outcomes(&setup, 60);
     for n in 40..60 {
@@ -211,6 +213,18 @@ fn a_rule_posted_on_one_instance_is_in_force_on_all_and_survives_restarts() {
         .filter_map(|r| r["id"].as_str())
         .collect();
     assert!(ids.contains(&rule["id"].as_str().unwrap()), "{ids:?}");
+    let late = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == rule["id"])
+        .unwrap();
+    assert_eq!(late["matches_this_instance"], 20, "{late}");
+    let metrics = request(d.port, "GET", "/metrics", None, None).1;
+    assert!(
+        metrics.contains(r#"bouncer_rule_matches_total{mode="enforce",rule="(other)"} 20"#),
+        "{metrics}"
+    );
     assert!(
         !ids.contains(&id.as_str()),
         "the deleted rule stays deleted: {ids:?}"

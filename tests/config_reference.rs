@@ -74,7 +74,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ),
     (
         "max_rule_series",
-        "Most per-rule metric series; matches of further rules are counted under `rule=\"_other\"`.",
+        "Most per-rule metric series; matches of further rules are counted under `rule=\"(other)\"`.",
     ),
     (
         "shutdown_timeout",
