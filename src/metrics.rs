@@ -658,9 +658,7 @@ mod tests {
         assert_eq!(metrics.matches_of("_other"), 1);
         assert_eq!(metrics.matches_of("a"), 1);
         assert!(
-            OTHER_RULE
-                .bytes()
-                .any(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))),
+            !OTHER_RULE.bytes().all(crate::rules::validate::is_id_byte),
             "{OTHER_RULE:?} must be outside the rule id grammar"
         );
     }

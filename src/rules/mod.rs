@@ -5,7 +5,7 @@
 mod index;
 pub mod load;
 mod raw;
-mod validate;
+pub(crate) mod validate;
 
 use std::cmp::Reverse;
 use std::fmt;

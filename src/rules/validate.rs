@@ -279,9 +279,7 @@ impl Validator {
             self.type_error("id", node, "a string", &node.value);
             return None;
         };
-        let valid_chars = id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let valid_chars = id.bytes().all(is_id_byte);
         if id.is_empty() || id.len() > MAX_ID_LEN || !valid_chars {
             self.errors.push(FieldError::at(
                 "id",
@@ -627,4 +625,9 @@ pub fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .filter(|(d, c)| *d <= 2.max(c.len() / 4))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+}
+
+/// Whether a byte may appear in a rule id (SPEC §2: `[A-Za-z0-9._-]`).
+pub(crate) fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
 }
