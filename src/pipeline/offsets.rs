@@ -11,7 +11,9 @@
 //! late delivery report can never advance the position past a re-processed
 //! event.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 
 #[derive(Debug, Default)]
 struct Partition {
@@ -32,6 +34,18 @@ impl Partition {
             ..Partition::default()
         }
     }
+
+    /// Where `offset` is in `pending`. Offsets usually follow each other
+    /// without gaps, so its distance from the first one in flight is tried
+    /// first; gaps (compaction, transaction markers) take a binary search.
+    fn index_of(&self, offset: i64) -> Option<usize> {
+        let &(first, _) = self.pending.front()?;
+        let guess = usize::try_from(offset.checked_sub(first)?).ok()?;
+        match self.pending.get(guess) {
+            Some(&(o, _)) if o == offset => Some(guess),
+            _ => self.pending.binary_search_by_key(&offset, |&(o, _)| o).ok(),
+        }
+    }
 }
 
 /// Handle for one consumed event, carried by its outputs' delivery reports.
@@ -44,7 +58,8 @@ pub struct Ticket {
 
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    partitions: HashMap<i32, Partition>,
+    /// Hashed with Fx: looked up for every event and every report.
+    partitions: FxHashMap<i32, Partition>,
     in_flight: usize,
     /// Generations are unique across partitions and re-assignments, so a
     /// late delivery report from before a revoke never counts for the same
@@ -93,7 +108,7 @@ impl OffsetTracker {
         if p.generation != ticket.generation {
             return false;
         }
-        let Ok(i) = p.pending.binary_search_by_key(&ticket.offset, |&(o, _)| o) else {
+        let Some(i) = p.index_of(ticket.offset) else {
             return false;
         };
         let remaining = &mut p.pending[i].1;
@@ -231,6 +246,23 @@ mod tests {
             "b and the already-acked c both done"
         );
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn offsets_are_found_with_and_without_gaps_and_unknown_ones_are_not() {
+        let mut p = Partition::default();
+        p.pending
+            .extend([(10, 1), (11, 1), (12, 1), (20, 1), (21, 1), (40, 1)]);
+        for (i, &(offset, _)) in p.pending.iter().enumerate() {
+            assert_eq!(p.index_of(offset), Some(i), "offset {offset}");
+        }
+        for missing in [i64::MIN, 0, 9, 13, 19, 22, 39, 41, i64::MAX] {
+            assert_eq!(p.index_of(missing), None, "offset {missing}");
+        }
+        p.pending.pop_front();
+        assert_eq!(p.index_of(10), None, "gone once acknowledged");
+        assert_eq!(p.index_of(20), Some(2));
+        assert_eq!(Partition::default().index_of(0), None);
     }
 
     #[test]
