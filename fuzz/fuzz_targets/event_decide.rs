@@ -96,7 +96,7 @@ fn check_outputs(data: &[u8], event: &Event<'_>, decision: &Decision<'_>) {
         offset: 10452,
         key: Some(b"key"),
         value: Some(data),
-        headers: vec![("h", Some(b"v"))],
+        headers: vec![("h", Some(&b"v"[..]))].into(),
         timestamp: Some(1_700_000_000_000),
     };
     let meta = Meta {

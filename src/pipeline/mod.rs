@@ -47,7 +47,9 @@ use serde::Serialize;
 
 use self::fetch_watch::FetchWatch;
 use self::offsets::{OffsetTracker, Ticket};
-use self::output::{Destination, Input, InputHeader, Meta, OutputRecord, Outputs, PartitionChoice};
+use self::output::{
+    Destination, Input, InputHeaders, Meta, OutputRecord, Outputs, PartitionChoice,
+};
 use self::transaction::{Ended, Transactions};
 use crate::config::{Config, Guarantee, LogOutcomes};
 use crate::event::Event;
@@ -810,7 +812,7 @@ impl Loop<'_> {
         let consumed_at = Instant::now();
         self.last_consumed_at = consumed_at;
         self.shared.consumed(consumed_at);
-        let headers: Vec<InputHeader<'_>> = message
+        let headers: InputHeaders<'_> = message
             .headers()
             .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
             .unwrap_or_default();
@@ -849,14 +851,16 @@ impl Loop<'_> {
                     && decision.outcome != Outcome::Forwarded
                     && self.config.log_outcomes == LogOutcomes::Each
                 {
-                    let tags: Vec<&str> = event.tags.iter().map(|t| t.as_ref()).collect();
+                    // Borrowed as they are: a list of strings, written as
+                    // `["a", "b"]` like a `Vec<&str>`.
+                    let tags: &[std::borrow::Cow<'_, str>] = &event.tags;
                     tracing::info!(
                         outcome = decision.outcome.as_str(),
                         rule = %rule.id,
                         code = rule.code,
                         domain = event.recipient_domain.as_deref().unwrap_or(""),
                         tags = ?tags,
-                        input = %input.coordinates(),
+                        input = %input.coordinates_display(),
                         "delivery stopped"
                     );
                 }

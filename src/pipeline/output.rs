@@ -24,7 +24,7 @@ use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
 use crate::config::Partitioning;
-use crate::event::{Field, Invalid, MAILERQ_TIME_FORMAT, Reason};
+use crate::event::{Field, Invalid, Reason, format_mailerq_time};
 use crate::rules::{Decision, Mode, Outcome, Rule, Source};
 
 /// `bouncer-outcome`: the decision, on forward, result and retry records.
@@ -48,6 +48,9 @@ pub const PRODUCE_FAILED: &str = "produce-failed";
 /// One input header: name and value (`None` for a null value).
 pub type InputHeader<'a> = (&'a str, Option<&'a [u8]>);
 
+/// An input's headers (most records carry only a few).
+pub type InputHeaders<'a> = SmallVec<[InputHeader<'a>; 4]>;
+
 /// One consumed record, as the pipeline hands it over.
 #[derive(Debug, Clone)]
 pub struct Input<'a> {
@@ -56,8 +59,8 @@ pub struct Input<'a> {
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
-    /// In record order, duplicates kept.
-    pub headers: Vec<InputHeader<'a>>,
+    /// In record order, duplicates kept; a few inline, without allocating.
+    pub headers: InputHeaders<'a>,
     /// Milliseconds since the Unix epoch.
     pub timestamp: Option<i64>,
 }
@@ -77,6 +80,28 @@ impl Input<'_> {
         s.push('/');
         s.push_str(offset);
         s
+    }
+
+    /// [`Input::coordinates`] as a `Display` value, for log fields.
+    pub fn coordinates_display(&self) -> Coordinates<'_> {
+        Coordinates {
+            topic: self.topic,
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
+/// `<topic>/<partition>/<offset>` for logs, written without a `String`.
+pub struct Coordinates<'i> {
+    topic: &'i str,
+    partition: i32,
+    offset: i64,
+}
+
+impl fmt::Display for Coordinates<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.topic, self.partition, self.offset)
     }
 }
 
@@ -356,7 +381,7 @@ fn result_entry(rule: &Rule, coordinates: &str, meta: &Meta<'_>) -> String {
         input: &'r str,
     }
     let entry = Entry {
-        time: meta.now.format(MAILERQ_TIME_FORMAT).to_string(),
+        time: format_mailerq_time(&meta.now),
         state: "forced",
         result: "error",
         code: rule.code,
@@ -562,6 +587,7 @@ mod tests {
     const TIMESTAMP: i64 = 1_795_780_800_000;
 
     fn input<'a>(value: &'a [u8], headers: Vec<InputHeader<'a>>) -> Input<'a> {
+        let headers = headers.into_iter().collect();
         Input {
             topic: "deliveries",
             partition: 3,
@@ -683,6 +709,16 @@ mod tests {
     }
 
     #[test]
+    fn coordinates_for_logs_are_those_of_the_header() {
+        let record = input(b"{}", vec![]);
+        assert_eq!(record.coordinates(), "deliveries/3/10452");
+        assert_eq!(
+            record.coordinates_display().to_string(),
+            record.coordinates()
+        );
+    }
+
+    #[test]
     fn forward_keeps_a_missing_key_value_and_timestamp_missing() {
         let input = Input {
             topic: "deliveries",
@@ -690,7 +726,7 @@ mod tests {
             offset: 7,
             key: None,
             value: None,
-            headers: vec![],
+            headers: SmallVec::new(),
             timestamp: None,
         };
         let record = forward(&input, &[], &meta(Partitioning::Same));
