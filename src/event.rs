@@ -289,37 +289,34 @@ pub fn parse_mailerq_time(text: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp())
 }
 
-/// Writes `t` in MailerQ's layout (`YYYY-MM-DD HH:MM:SS`, UTC), as
+/// Writes `t` in MailerQ's layout (`YYYY-MM-DD HH:MM:SS`, UTC) as
 /// chrono's `format(MAILERQ_TIME_FORMAT)` does, without its format
-/// interpreter (a tenth of a result record's cost); years outside
-/// 0..=9999 go chrono's way.
-pub fn format_mailerq_time(t: &chrono::DateTime<chrono::Utc>) -> String {
+/// interpreter; years outside 0..=9999 go chrono's way.
+pub fn format_mailerq_time(t: chrono::DateTime<chrono::Utc>) -> String {
     use chrono::{Datelike as _, Timelike as _};
     let year = t.year();
     if !(0..=9999).contains(&year) {
         return t.format(MAILERQ_TIME_FORMAT).to_string();
     }
-    fn push(out: &mut String, n: u32, digits: u32, then: Option<char>) {
-        for place in (0..digits).rev() {
-            let digit = (n / 10u32.pow(place)) % 10;
-            out.push(char::from(b'0' + digit as u8));
-        }
-        out.extend(then);
-    }
     let mut out = String::with_capacity(19);
-    push(&mut out, year as u32, 4, Some('-'));
-    push(&mut out, t.month(), 2, Some('-'));
-    push(&mut out, t.day(), 2, Some(' '));
-    push(&mut out, t.hour(), 2, Some(':'));
-    push(&mut out, t.minute(), 2, Some(':'));
+    push_digits(&mut out, year as u32, 4, Some('-'));
+    push_digits(&mut out, t.month(), 2, Some('-'));
+    push_digits(&mut out, t.day(), 2, Some(' '));
+    push_digits(&mut out, t.hour(), 2, Some(':'));
+    push_digits(&mut out, t.minute(), 2, Some(':'));
     // A leap second (60) is written as chrono writes it.
-    push(
-        &mut out,
-        t.second() + t.nanosecond() / 1_000_000_000,
-        2,
-        None,
-    );
+    let second = t.second() + t.nanosecond() / 1_000_000_000;
+    push_digits(&mut out, second, 2, None);
     out
+}
+
+/// The last `digits` decimal digits of `n`, zero-padded, then `then`.
+fn push_digits(out: &mut String, n: u32, digits: u32, then: Option<char>) {
+    for place in (0..digits).rev() {
+        let digit = (n / 10u32.pow(place)) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
+    out.extend(then);
 }
 
 /// The common exact layout `YYYY-MM-DD HH:MM:SS` without chrono's format
@@ -727,7 +724,7 @@ mod tests {
         }
         for t in times {
             assert_eq!(
-                format_mailerq_time(&t),
+                format_mailerq_time(t),
                 t.format(MAILERQ_TIME_FORMAT).to_string(),
                 "{t:?}"
             );

@@ -840,7 +840,7 @@ impl Loop<'_> {
         ) {
             Err(invalid) => {
                 self.metrics.invalid();
-                tracing::debug!(input = %input.coordinates(), error = %invalid, "invalid event to the dead-letter topic");
+                tracing::debug!(input = %input.coordinates_display(), error = %invalid, "invalid event to the dead-letter topic");
                 smallvec::smallvec![output::dead_letter(&input, &invalid)]
             }
             Ok(event) => {
@@ -851,15 +851,12 @@ impl Loop<'_> {
                     && decision.outcome != Outcome::Forwarded
                     && self.config.log_outcomes == LogOutcomes::Each
                 {
-                    // Borrowed as they are: a list of strings, written as
-                    // `["a", "b"]` like a `Vec<&str>`.
-                    let tags: &[std::borrow::Cow<'_, str>] = &event.tags;
                     tracing::info!(
                         outcome = decision.outcome.as_str(),
                         rule = %rule.id,
                         code = rule.code,
                         domain = event.recipient_domain.as_deref().unwrap_or(""),
-                        tags = ?tags,
+                        tags = ?event.tags,
                         input = %input.coordinates_display(),
                         "delivery stopped"
                     );
@@ -914,14 +911,14 @@ impl Loop<'_> {
                 .produce_errors
                 .with_label_values(&[self.topic(destination), kind(&error)])
                 .inc();
-            tracing::warn!(input = %input.coordinates(), topic = self.topic(destination), error = %error, "record refused; sending a dead letter instead");
+            tracing::warn!(input = %input.coordinates_display(), topic = self.topic(destination), error = %error, "record refused; sending a dead letter instead");
             let dead = output::dead_letter_unproducible(input, destination, &error.to_string());
             if self.produce(&dead, ticket, consumed_at).is_err()
                 && let Err(e) = self.produce(&dead.clone().without_value(), ticket, consumed_at)
             {
                 // Nothing can be written for this event: rewind so it is not
                 // skipped, and pause the partition for a while.
-                tracing::error!(input = %input.coordinates(), error = %e, "dead letter refused too");
+                tracing::error!(input = %input.coordinates_display(), error = %e, "dead letter refused too");
                 self.rewind(ticket, &e.to_string(), ERROR_PAUSE);
             }
         }

@@ -69,20 +69,14 @@ impl Input<'_> {
     /// `<topic>/<partition>/<offset>`: identifies the input in `bouncer-input`,
     /// the result entry and logs, so duplicates after a crash can be matched.
     pub fn coordinates(&self) -> String {
-        // Once per output record: without the formatting machinery.
-        let mut partition = itoa::Buffer::new();
-        let mut offset = itoa::Buffer::new();
-        let (partition, offset) = (partition.format(self.partition), offset.format(self.offset));
-        let mut s = String::with_capacity(self.topic.len() + partition.len() + offset.len() + 2);
-        s.push_str(self.topic);
-        s.push('/');
-        s.push_str(partition);
-        s.push('/');
-        s.push_str(offset);
+        // Sized once: the partition and offset take at most 31 bytes.
+        let mut s = String::with_capacity(self.topic.len() + 33);
+        let _ = self.coordinates_display().write_to(&mut s);
         s
     }
 
-    /// [`Input::coordinates`] as a `Display` value, for log fields.
+    /// [`Input::coordinates`] as a `Display` value: log fields write it
+    /// without a `String` of their own.
     pub fn coordinates_display(&self) -> Coordinates<'_> {
         Coordinates {
             topic: self.topic,
@@ -99,9 +93,20 @@ pub struct Coordinates<'i> {
     offset: i64,
 }
 
+impl Coordinates<'_> {
+    /// Once per output record: without the formatting machinery.
+    fn write_to(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        out.write_str(self.topic)?;
+        out.write_str("/")?;
+        out.write_str(itoa::Buffer::new().format(self.partition))?;
+        out.write_str("/")?;
+        out.write_str(itoa::Buffer::new().format(self.offset))
+    }
+}
+
 impl fmt::Display for Coordinates<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.topic, self.partition, self.offset)
+        self.write_to(f)
     }
 }
 
@@ -381,7 +386,7 @@ fn result_entry(rule: &Rule, coordinates: &str, meta: &Meta<'_>) -> String {
         input: &'r str,
     }
     let entry = Entry {
-        time: format_mailerq_time(&meta.now),
+        time: format_mailerq_time(meta.now),
         state: "forced",
         result: "error",
         code: rule.code,
@@ -715,6 +720,12 @@ mod tests {
         assert_eq!(
             record.coordinates_display().to_string(),
             record.coordinates()
+        );
+        let mut extreme = record.clone();
+        (extreme.partition, extreme.offset) = (i32::MIN, i64::MIN);
+        assert_eq!(
+            extreme.coordinates(),
+            format!("deliveries/{}/{}", i32::MIN, i64::MIN)
         );
     }
 
