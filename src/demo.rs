@@ -75,7 +75,7 @@ pub fn demo(rules_dir: &Path, events: usize) -> Result<DemoSummary, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The mock cluster has no configuration API: existence checks only.
-    kafka::check_topics(&config, false).map_err(|e| e.to_string())?;
+    kafka::check_topics_once(&config, false).map_err(|e| e.error().to_string())?;
 
     let first_half = events / 2;
     let mut rng = SplitMix(0x5eed);

@@ -119,7 +119,40 @@ pub fn run(config: Config) -> Result<(), RunError> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let config = kafka::check_topics(&config, true)?.fit(config);
+    // Kafka may be restarting or slow to answer when the pod starts: the
+    // checks are made again until it answers; only a refusal exits. They run
+    // on their own thread, since a request can wait 15 s for an answer and
+    // SIGTERM must not wait for it.
+    let checks = {
+        let (config, shared, shutdown) = (config.clone(), shared.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("bouncer-checks".into())
+            .spawn(move || {
+                kafka::check_topics(&config, true, &shutdown, |error, wait| {
+                    tracing::warn!(
+                        setting = %error.setting,
+                        error = %error.message,
+                        retry_in_s = wait.as_secs(),
+                        "Kafka is not available for the start-up checks; nothing is consumed until they pass"
+                    );
+                    shared.kafka_error(error.to_string());
+                })
+            })
+            .map_err(|e| RunError::Other(format!("cannot start a thread: {e}")))?
+    };
+    while !checks.is_finished() {
+        if shutdown.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let layout = checks
+        .join()
+        .map_err(|_| RunError::Other("the start-up checks panicked".into()))??;
+    let Some(layout) = layout else {
+        return Ok(());
+    };
+    let config = layout.fit(config);
 
     // Nor before the API rules of the control topic are in force.
     let _reader = control::spawn_reader(&config, store.clone(), control.clone(), shutdown.clone())

@@ -16,13 +16,19 @@
 //! during a rebalance) is sent again with the next one, even when the
 //! partition has gone idle: otherwise its last events stay uncommitted, and
 //! the next owner processes them again.
+//!
+//! The start-up checks (SPEC §5) wait for a Kafka that is unreachable or not
+//! ready yet (a leader being elected after a restart) and pass once it is
+//! back; what needs the operator (a missing topic, a refused authorisation)
+//! still ends the start at once, naming the setting.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bouncer::config::Config;
+use bouncer::config::{Config, ConfigError};
 use bouncer::metrics::Metrics;
+use bouncer::pipeline::kafka::check_topics;
 use bouncer::pipeline::{self, Options, PipelineError, RestartReason, Shared};
 use bouncer::reload::RuleStore;
 use rdkafka::config::ClientConfig;
@@ -307,4 +313,122 @@ impl Pipeline {
             .map(|o| self.metrics.events(o))
             .sum()
     }
+}
+
+/// Runs the start-up checks (without the configuration API, which the mock
+/// cluster lacks); `waiting` is called with each error before a wait, and
+/// the errors are returned with the outcome.
+fn check_with(
+    config: &Config,
+    shutdown: &AtomicBool,
+    mut waiting: impl FnMut(usize),
+) -> (Result<bool, ConfigError>, Vec<ConfigError>) {
+    let mut errors = Vec::new();
+    let outcome = check_topics(config, false, shutdown, |error, _wait| {
+        errors.push(ConfigError::new(&error.setting, &error.message));
+        waiting(errors.len());
+    });
+    (outcome.map(|layout| layout.is_some()), errors)
+}
+
+#[test]
+fn start_up_checks_wait_for_an_unreachable_broker_and_pass_once_it_is_back() {
+    let (cluster, config) = setup(&[]);
+    cluster.broker_down(1).expect("broker down");
+    let shutdown = AtomicBool::new(false);
+    let (outcome, errors) = check_with(&config, &shutdown, |attempts| {
+        assert_eq!(attempts, 1, "the broker is back after the first wait");
+        cluster.broker_up(1).expect("broker up");
+    });
+    assert!(
+        matches!(outcome, Ok(true)),
+        "the checks pass once the broker is back: {outcome:?}"
+    );
+    assert_eq!(
+        errors.len(),
+        1,
+        "checked again once the broker was back: {errors:?}"
+    );
+    for error in &errors {
+        assert_eq!(error.setting, "kafka.\"bootstrap.servers\"");
+        assert!(error.message.contains("cannot reach Kafka"), "{error:?}");
+    }
+}
+
+#[test]
+fn a_topic_without_a_leader_yet_is_waited_for_not_reported_missing() {
+    let (cluster, config) = setup(&[]);
+    let forward = config.topics.forward.clone();
+    cluster
+        .topic_error(
+            &forward,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+        )
+        .expect("topic error");
+    let shutdown = AtomicBool::new(false);
+    // Still without a leader at the second check; elected before the third.
+    let (outcome, errors) = check_with(&config, &shutdown, |attempts| {
+        if attempts == 2 {
+            cluster
+                .topic_error(&forward, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+                .expect("topic error cleared");
+        }
+    });
+    assert!(matches!(outcome, Ok(true)), "{outcome:?}");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    for error in &errors {
+        assert_eq!(error.setting, "topics.forward");
+        assert!(
+            error
+                .message
+                .contains(&format!("topic \"{forward}\" is not available")),
+            "{error:?}"
+        );
+    }
+
+    // A shutdown while waiting ends the checks without an error.
+    cluster
+        .topic_error(
+            &forward,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+        )
+        .expect("topic error");
+    let (outcome, errors) = check_with(&config, &shutdown, |_| {
+        shutdown.store(true, Ordering::Release);
+    });
+    assert!(matches!(outcome, Ok(false)), "{outcome:?}");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+}
+
+#[test]
+fn what_needs_the_operator_still_ends_the_start_at_once() {
+    let (cluster, config) = setup(&[]);
+    let shutdown = AtomicBool::new(false);
+
+    let results = config.topics.results.clone();
+    cluster
+        .topic_error(
+            &results,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .expect("topic error");
+    let (outcome, errors) = check_with(&config, &shutdown, |_| {});
+    let error = outcome.expect_err("a refused authorisation is not waited for");
+    assert!(errors.is_empty(), "no wait: {errors:?}");
+    assert_eq!(error.setting, "topics.results");
+    assert!(
+        error.message.contains("is not available") && error.message.contains("authorization"),
+        "{error:?}"
+    );
+    cluster
+        .topic_error(&results, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .expect("topic error cleared");
+
+    let mut missing = config.clone();
+    missing.topics.retry = "no-such-topic".into();
+    let (outcome, errors) = check_with(&missing, &shutdown, |_| {});
+    let error = outcome.expect_err("a missing topic is not waited for");
+    assert!(errors.is_empty(), "no wait: {errors:?}");
+    assert_eq!(error.setting, "topics.retry");
+    assert!(error.message.contains("does not exist"), "{error:?}");
 }

@@ -1,15 +1,16 @@
 //! At least once under faults (SPEC §6), against a real broker: bouncer
 //! killed mid-stream, the broker restarted mid-stream, and a second instance
 //! joining and the first leaving the group mid-stream. Afterwards every
-//! input has its output; duplicates are counted and allowed.
+//! input has its output; duplicates are counted and allowed. And a Kafka
+//! that does not answer at start is waited for, not a reason to exit.
 
 mod kafka_support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_support::{
-    FEED_RULES, Feed, Reader, Setup, assert_no_loss, broker_is_managed, inputs_by_coordinates,
-    kafka_sh, metric, serial, wait_committed_to_end,
+    Bouncer, FEED_RULES, Feed, Reader, Setup, assert_no_loss, broker_is_managed, free_port,
+    inputs_by_coordinates, kafka_sh, metric, serial, wait_committed_to_end,
 };
 
 /// After the feed is done: the group commits the end of the input, and
@@ -146,5 +147,85 @@ fn instances_joining_and_leaving_mid_stream_lose_nothing() {
     assert!(
         b.wait_exit(Duration::from_secs(15))
             .is_some_and(|s| s.success())
+    );
+}
+
+#[test]
+fn a_kafka_that_does_not_answer_at_start_is_waited_for_and_sigterm_still_exits_0() {
+    // No broker is needed: the bootstrap address is a port nothing listens on.
+    let setup = Setup::new("unreachable-at-start", &[("feed.toml", FEED_RULES)]);
+    let closed = free_port();
+    let port = free_port();
+    let t = &setup.topics;
+    let config = setup.dir.path().join("unreachable.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "group = {group:?}\nrules_dir = {rules:?}\nhttp_listen = \"127.0.0.1:{port}\"\n\
+             shutdown_timeout = \"10s\"\n\n[topics]\ninput = {:?}\nforward = {:?}\nresults = {:?}\n\
+             retry = {:?}\ndead_letter = {:?}\ncontrol = {:?}\n\n[kafka]\n\
+             \"bootstrap.servers\" = \"127.0.0.1:{closed}\"\n",
+            t.input,
+            t.forward,
+            t.results,
+            t.retry,
+            t.dead_letter,
+            t.control,
+            group = setup.group,
+            rules = setup.rules_dir.display().to_string(),
+        ),
+    )
+    .expect("config file");
+    let log = setup.dir.path().join("unreachable.log");
+    let mut bouncer = Bouncer::spawn(&config, port, &log, "unreachable");
+
+    // The first check waits up to 15 s for an answer, then says so and
+    // tries again; the process carries on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !bouncer
+        .log()
+        .contains("Kafka is not available for the start-up checks")
+    {
+        if let Some(status) = bouncer.exited() {
+            panic!(
+                "bouncer exited ({status}) instead of waiting:\n{}",
+                bouncer.log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warning about the start-up checks:\n{}",
+            bouncer.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        bouncer.log().contains("bootstrap.servers"),
+        "names the setting:\n{}",
+        bouncer.log()
+    );
+    let status = bouncer.status().expect("/status answers while waiting");
+    let last_error = status["kafka"]["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("cannot reach Kafka"), "{status}");
+    assert_eq!(bouncer.get("/healthz").map(|(code, _)| code), Some(200));
+    assert_eq!(
+        bouncer.get("/readyz").map(|(code, _)| code),
+        Some(503),
+        "not ready before the checks pass"
+    );
+
+    // SIGTERM ends the wait at once, even during a check that is waiting
+    // for an answer: well before the 10 s shutdown timeout, with status 0.
+    let started = Instant::now();
+    bouncer.terminate();
+    let exit = bouncer
+        .wait_exit(Duration::from_secs(30))
+        .expect("bouncer exits after SIGTERM");
+    assert!(exit.success(), "exit status {exit}:\n{}", bouncer.log());
+    assert!(
+        !bouncer.log().contains("shutdown timeout reached"),
+        "the wait ended by itself, not by the shutdown timeout ({:?}):\n{}",
+        started.elapsed(),
+        bouncer.log()
     );
 }

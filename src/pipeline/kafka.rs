@@ -1,11 +1,14 @@
 //! Kafka clients with bouncer's settings, and the start-up topic checks.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
 use rdkafka::metadata::Metadata;
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{Config, ConfigError, OnMissingOffset, Partitioning};
 
@@ -97,30 +100,150 @@ impl TopicLayout {
     }
 }
 
+/// Why a start-up check did not pass.
+#[derive(Debug)]
+pub enum CheckError {
+    /// The configuration or the topics are wrong: the error names what to
+    /// fix, and checking again cannot help.
+    Refused(ConfigError),
+    /// Kafka did not answer in time or is not ready yet (unreachable,
+    /// restarting, electing a leader or a coordinator): checked again.
+    Unavailable(ConfigError),
+}
+
+impl CheckError {
+    pub fn error(&self) -> &ConfigError {
+        match self {
+            CheckError::Refused(e) | CheckError::Unavailable(e) => e,
+        }
+    }
+
+    pub fn into_error(self) -> ConfigError {
+        match self {
+            CheckError::Refused(e) | CheckError::Unavailable(e) => e,
+        }
+    }
+
+    /// A failed request: unavailable if its error passes by itself.
+    fn request(setting: &str, what: &str, error: &KafkaError) -> CheckError {
+        let code = match error {
+            KafkaError::AdminOp(code) | KafkaError::MetadataFetch(code) => Some(*code),
+            other => other.rdkafka_error_code(),
+        };
+        CheckError::with(
+            code.is_some_and(is_transient),
+            setting,
+            format!("{what}: {error}"),
+        )
+    }
+
+    /// An error the broker returned for one topic.
+    fn topic(setting: &str, what: &str, code: RDKafkaErrorCode) -> CheckError {
+        CheckError::with(is_transient(code), setting, format!("{what}: {code}"))
+    }
+
+    fn with(transient: bool, setting: &str, message: String) -> CheckError {
+        let error = ConfigError::new(setting, message);
+        if transient {
+            CheckError::Unavailable(error)
+        } else {
+            CheckError::Refused(error)
+        }
+    }
+}
+
+/// Kafka errors that pass by themselves: no answer in time, no connection,
+/// or a broker still electing a leader or loading a coordinator (as right
+/// after it restarts). Anything else, such as a refused authorisation or an
+/// invalid request, needs the operator.
+pub fn is_transient(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::OperationTimedOut
+            | C::RequestTimedOut
+            | C::TimedOutQueue
+            | C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::Resolve
+            | C::BrokerNotAvailable
+            | C::LeaderNotAvailable
+            | C::NotLeaderForPartition
+            | C::NetworkException
+            | C::CoordinatorLoadInProgress
+            | C::CoordinatorNotAvailable
+            | C::NotCoordinator
+            | C::NotController
+            | C::KafkaStorageError
+            | C::ThrottlingQuotaExceeded
+    )
+}
+
+/// The first wait between two start-up checks; it doubles up to
+/// [`CHECK_RETRY_MAX`].
+const CHECK_RETRY_FIRST: Duration = Duration::from_secs(1);
+const CHECK_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// [`check_topics_once`] until it passes or is refused: while Kafka is
+/// unavailable (unreachable, restarting, slow to answer) the checks are made
+/// again after a wait that doubles from 1 s to 30 s, `waiting` being told
+/// each error and wait first. `Ok(None)` when `shutdown` is set meanwhile.
+/// A pod started beside a broker that is restarting thus waits for it
+/// instead of exiting.
+pub fn check_topics(
+    config: &Config,
+    check_control_config: bool,
+    shutdown: &AtomicBool,
+    mut waiting: impl FnMut(&ConfigError, Duration),
+) -> Result<Option<TopicLayout>, ConfigError> {
+    let mut wait = CHECK_RETRY_FIRST;
+    loop {
+        match check_topics_once(config, check_control_config) {
+            Ok(layout) => return Ok(Some(layout)),
+            Err(CheckError::Refused(error)) => return Err(error),
+            Err(CheckError::Unavailable(error)) => {
+                waiting(&error, wait);
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    if shutdown.load(Ordering::Acquire) {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                wait = (wait * 2).min(CHECK_RETRY_MAX);
+            }
+        }
+    }
+}
+
 /// Checks the topics before anything is consumed (SPEC §5): input, forward,
 /// results, retry and dead-letter must exist; forward and retry need at
 /// least the input's partitions when `forward_partitioning = "same"`; the
 /// control topic is created if missing and must be compacted.
 /// `check_control_config` is false on the mock cluster, which has no
 /// configuration API.
-pub fn check_topics(
+pub fn check_topics_once(
     config: &Config,
     check_control_config: bool,
-) -> Result<TopicLayout, ConfigError> {
-    let admin: AdminClient<DefaultClientContext> = admin_config(config)
-        .create()
-        .map_err(|e| ConfigError::new("kafka", format!("cannot create a Kafka client: {e}")))?;
+) -> Result<TopicLayout, CheckError> {
+    let admin: AdminClient<DefaultClientContext> = admin_config(config).create().map_err(|e| {
+        CheckError::Refused(ConfigError::new(
+            "kafka",
+            format!("cannot create a Kafka client: {e}"),
+        ))
+    })?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, METADATA_TIMEOUT)
         .map_err(|e| {
-            ConfigError::new(
-                "kafka.\"bootstrap.servers\"",
-                format!("cannot reach Kafka: {e}"),
-            )
+            CheckError::request("kafka.\"bootstrap.servers\"", "cannot reach Kafka", &e)
         })?;
     let t = &config.topics;
-    let partitions = |name: &str| partition_count(&metadata, name);
+    let partitions = |setting: &str, name: &str| {
+        partition_count(&metadata, name).map_err(|code| {
+            CheckError::topic(setting, &format!("topic \"{name}\" is not available"), code)
+        })
+    };
     let mut found = Vec::new();
     for (setting, name) in [
         ("topics.input", &t.input),
@@ -129,15 +252,15 @@ pub fn check_topics(
         ("topics.retry", &t.retry),
         ("topics.dead_letter", &t.dead_letter),
     ] {
-        match partitions(name) {
+        match partitions(setting, name)? {
             Some(n) => found.push(n),
             None => {
-                return Err(ConfigError::new(
+                return Err(CheckError::Refused(ConfigError::new(
                     setting,
                     format!(
                         "topic \"{name}\" does not exist; create it (bouncer never auto-creates topics)"
                     ),
-                ));
+                )));
             }
         }
     }
@@ -148,20 +271,20 @@ pub fn check_topics(
             ("topics.retry", &t.retry, found[3]),
         ] {
             if n < input_partitions {
-                return Err(ConfigError::new(
+                return Err(CheckError::Refused(ConfigError::new(
                     setting,
                     format!(
                         "topic \"{name}\" has {n} partitions but the input has {input_partitions}; \
                          forward_partitioning = \"same\" needs at least as many (add partitions or set \"key\")"
                     ),
-                ));
+                )));
             }
         }
     }
     ensure_control_topic(
         config,
         &admin,
-        partitions(&t.control).is_some(),
+        partitions("topics.control", &t.control)?.is_some(),
         check_control_config,
     )?;
     let batch_size = if check_control_config {
@@ -185,7 +308,7 @@ pub fn check_topics(
 fn batch_size_for(
     config: &Config,
     admin: &AdminClient<DefaultClientContext>,
-) -> Result<Option<usize>, ConfigError> {
+) -> Result<Option<usize>, CheckError> {
     let t = &config.topics;
     let outputs = [&t.forward, &t.results, &t.retry, &t.dead_letter];
     let resources: Vec<ResourceSpecifier<'_>> = outputs
@@ -199,9 +322,21 @@ fn batch_size_for(
     let options = AdminOptions::new().request_timeout(Some(METADATA_TIMEOUT));
     let results = runtime
         .block_on(admin.describe_configs(&resources, &options))
-        .map_err(|e| {
-            ConfigError::new("topics", format!("cannot describe the output topics: {e}"))
-        })?;
+        .map_err(|e| CheckError::request("topics", "cannot describe the output topics", &e))?;
+    // A topic the broker cannot describe right now is checked again; one it
+    // refuses to describe (no DescribeConfigs right) keeps librdkafka's
+    // batch size, as a topic without the setting does.
+    for (name, result) in outputs.iter().zip(&results) {
+        if let Err(code) = result
+            && is_transient(*code)
+        {
+            return Err(CheckError::topic(
+                "topics",
+                &format!("cannot describe topic \"{name}\""),
+                *code,
+            ));
+        }
+    }
     let smallest = outputs
         .iter()
         .zip(results)
@@ -229,14 +364,14 @@ fn batch_size_for(
     };
     match config.producer_property("batch.size") {
         Some(set) => match set.parse::<usize>() {
-            Ok(set) if set > limit => Err(ConfigError::new(
+            Ok(set) if set > limit => Err(CheckError::Refused(ConfigError::new(
                 setting,
                 format!(
                     "is {set}, but topic \"{topic}\" takes batches of at most {limit} bytes \
                      (max.message.bytes); a larger batch is refused whole, with every record in it; \
                      set it to at most {fits}"
                 ),
-            )),
+            ))),
             _ => Ok(None),
         },
         None if LIBRDKAFKA_BATCH_SIZE > fits => {
@@ -261,12 +396,20 @@ fn admin_config(config: &Config) -> ClientConfig {
     client
 }
 
-fn partition_count(metadata: &Metadata, topic: &str) -> Option<usize> {
-    metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
+/// A topic's partitions in `metadata`; `None` if it does not exist, the
+/// broker's error if it exists and cannot be described now (a leader being
+/// elected after a restart, a refused authorisation).
+fn partition_count(metadata: &Metadata, topic: &str) -> Result<Option<usize>, RDKafkaErrorCode> {
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    match t.error().map(RDKafkaErrorCode::from) {
+        None => Ok(Some(t.partitions().len())),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            Ok(None)
+        }
+        Some(code) => Err(code),
+    }
 }
 
 fn ensure_control_topic(
@@ -274,7 +417,7 @@ fn ensure_control_topic(
     admin: &AdminClient<DefaultClientContext>,
     exists: bool,
     check_config: bool,
-) -> Result<(), ConfigError> {
+) -> Result<(), CheckError> {
     let name = &config.topics.control;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -287,18 +430,20 @@ fn ensure_control_topic(
         let results = runtime
             .block_on(admin.create_topics([&topic], &options))
             .map_err(|e| {
-                ConfigError::new(
+                CheckError::request(
                     "topics.control",
-                    format!("cannot create topic \"{name}\": {e}"),
+                    &format!("cannot create topic \"{name}\""),
+                    &e,
                 )
             })?;
         for result in results {
             if let Err((_, code)) = result
-                && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+                && code != RDKafkaErrorCode::TopicAlreadyExists
             {
-                return Err(ConfigError::new(
+                return Err(CheckError::topic(
                     "topics.control",
-                    format!("cannot create topic \"{name}\": {code}"),
+                    &format!("cannot create topic \"{name}\""),
+                    code,
                 ));
             }
         }
@@ -311,25 +456,34 @@ fn ensure_control_topic(
     let results = runtime
         .block_on(admin.describe_configs([&ResourceSpecifier::Topic(name)], &options))
         .map_err(|e| {
-            ConfigError::new(
+            CheckError::request(
                 "topics.control",
-                format!("cannot describe topic \"{name}\": {e}"),
+                &format!("cannot describe topic \"{name}\""),
+                &e,
             )
         })?;
-    let policy = results
-        .into_iter()
-        .next()
-        .and_then(|r| r.ok())
-        .and_then(|resource| resource.get("cleanup.policy").and_then(|e| e.value.clone()))
-        .unwrap_or_default();
+    let policy = match results.into_iter().next() {
+        Some(Ok(resource)) => resource
+            .get("cleanup.policy")
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default(),
+        Some(Err(code)) => {
+            return Err(CheckError::topic(
+                "topics.control",
+                &format!("cannot describe topic \"{name}\""),
+                code,
+            ));
+        }
+        None => String::new(),
+    };
     if !policy.split(',').any(|p| p.trim() == "compact") {
-        return Err(ConfigError::new(
+        return Err(CheckError::Refused(ConfigError::new(
             "topics.control",
             format!(
                 "topic \"{name}\" has cleanup.policy={policy}; the control topic must be compacted \
                  (cleanup.policy=compact) or API rules would be lost"
             ),
-        ));
+        )));
     }
     Ok(())
 }

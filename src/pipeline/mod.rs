@@ -134,6 +134,11 @@ impl Shared {
         lag > 0 && idle_ms > self.stall_after_ms.load(Ordering::Relaxed)
     }
 
+    /// The last Kafka error, as `/status` shows it.
+    pub fn kafka_error(&self, error: String) {
+        self.lock().last_kafka_error = Some(error);
+    }
+
     fn lock(&self) -> MutexGuard<'_, PipelineStatus> {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
