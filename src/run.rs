@@ -129,13 +129,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
             .name("bouncer-checks".into())
             .spawn(move || {
                 kafka::check_topics(&config, true, &shutdown, |error, wait| {
+                    shared.kafka_error(error.to_string());
                     tracing::warn!(
                         setting = %error.setting,
                         error = %error.message,
                         retry_in_s = wait.as_secs(),
                         "Kafka is not available for the start-up checks; nothing is consumed until they pass"
                     );
-                    shared.kafka_error(error.to_string());
                 })
             })
             .map_err(|e| RunError::Other(format!("cannot start a thread: {e}")))?

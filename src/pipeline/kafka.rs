@@ -327,14 +327,19 @@ fn batch_size_for(
     // refuses to describe (no DescribeConfigs right) keeps librdkafka's
     // batch size, as a topic without the setting does.
     for (name, result) in outputs.iter().zip(&results) {
-        if let Err(code) = result
-            && is_transient(*code)
-        {
-            return Err(CheckError::topic(
-                "topics",
-                &format!("cannot describe topic \"{name}\""),
-                *code,
-            ));
+        if let Err(code) = result {
+            if is_transient(*code) {
+                return Err(CheckError::topic(
+                    "topics",
+                    &format!("cannot describe topic \"{name}\""),
+                    *code,
+                ));
+            }
+            tracing::warn!(
+                topic = %name,
+                error = %code,
+                "cannot read the topic's max.message.bytes; producer batches are not fitted to it"
+            );
         }
     }
     let smallest = outputs
@@ -440,11 +445,17 @@ fn ensure_control_topic(
             if let Err((_, code)) = result
                 && code != RDKafkaErrorCode::TopicAlreadyExists
             {
-                return Err(CheckError::topic(
-                    "topics.control",
-                    &format!("cannot create topic \"{name}\""),
-                    code,
-                ));
+                let what = format!("cannot create topic \"{name}\"");
+                // The cluster's default replication factor is more brokers
+                // than are up: one is restarting.
+                if code == RDKafkaErrorCode::InvalidReplicationFactor {
+                    return Err(CheckError::with(
+                        true,
+                        "topics.control",
+                        format!("{what}: {code}"),
+                    ));
+                }
+                return Err(CheckError::topic("topics.control", &what, code));
             }
         }
         tracing::info!(topic = %name, "created the compacted control topic");
@@ -486,4 +497,50 @@ fn ensure_control_topic(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_and_unavailable_brokers_are_waited_for_refusals_are_not() {
+        use RDKafkaErrorCode as C;
+        let admin_timeout = KafkaError::AdminOp(C::OperationTimedOut);
+        assert!(matches!(
+            CheckError::request("topics.control", "cannot describe topic", &admin_timeout),
+            CheckError::Unavailable(_)
+        ));
+        let unreachable = KafkaError::MetadataFetch(C::BrokerTransportFailure);
+        let error = CheckError::request(
+            "kafka.\"bootstrap.servers\"",
+            "cannot reach Kafka",
+            &unreachable,
+        );
+        assert!(matches!(error, CheckError::Unavailable(_)));
+        assert_eq!(error.error().setting, "kafka.\"bootstrap.servers\"");
+        for refused in [
+            KafkaError::AdminOp(C::TopicAuthorizationFailed),
+            KafkaError::AdminOp(C::ClusterAuthorizationFailed),
+            KafkaError::AdminOp(C::PolicyViolation),
+            KafkaError::MetadataFetch(C::Authentication),
+            KafkaError::AdminOpCreation("bad option".into()),
+        ] {
+            assert!(
+                matches!(
+                    CheckError::request("topics", "x", &refused),
+                    CheckError::Refused(_)
+                ),
+                "{refused:?}"
+            );
+        }
+        assert!(matches!(
+            CheckError::topic("topics.forward", "x", C::LeaderNotAvailable),
+            CheckError::Unavailable(_)
+        ));
+        assert!(matches!(
+            CheckError::topic("topics.forward", "x", C::TopicAuthorizationFailed),
+            CheckError::Refused(_)
+        ));
+    }
 }
