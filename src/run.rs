@@ -198,9 +198,7 @@ fn run_pipeline(
     shutdown: &Arc<AtomicBool>,
     options: &Options,
 ) -> Result<(), RunError> {
-    const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-    const MAX_BACKOFF: Duration = Duration::from_secs(30);
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = kafka::Backoff::default();
     loop {
         let started = Instant::now();
         let result = pipeline::run(
@@ -218,8 +216,8 @@ fn run_pipeline(
                     .pipeline_restarts
                     .with_label_values(&[reason.as_str()])
                     .inc();
-                if started.elapsed() > 4 * MAX_BACKOFF {
-                    backoff = FIRST_BACKOFF;
+                if started.elapsed() > 4 * kafka::Backoff::MAX {
+                    backoff.reset();
                 }
                 let hint = if reason == pipeline::RestartReason::Fenced {
                     " (the producer's epoch was bumped: either another instance uses the same transactional_id, and each needs its own, or a transaction outlived transaction.timeout.ms, e.g. across a broker outage, and the broker aborted it)"
@@ -229,17 +227,12 @@ fn run_pipeline(
                 tracing::error!(
                     reason = reason.as_str(),
                     error = %message,
-                    backoff_s = backoff.as_secs_f64(),
+                    backoff_s = backoff.next().as_secs_f64(),
                     "restarting the pipeline with new Kafka clients{hint}"
                 );
-                let until = Instant::now() + backoff;
-                while Instant::now() < until {
-                    if shutdown.load(Ordering::Acquire) {
-                        return Ok(());
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
+                if !backoff.sleep(shutdown) {
+                    return Ok(());
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
             Err(e) => return Err(e.into()),
         }

@@ -118,12 +118,6 @@ impl CheckError {
         }
     }
 
-    pub fn into_error(self) -> ConfigError {
-        match self {
-            CheckError::Refused(e) | CheckError::Unavailable(e) => e,
-        }
-    }
-
     /// A failed request: unavailable if its error passes by itself.
     fn request(setting: &str, what: &str, error: &KafkaError) -> CheckError {
         let code = match error {
@@ -179,10 +173,46 @@ pub fn is_transient(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// The first wait between two start-up checks; it doubles up to
-/// [`CHECK_RETRY_MAX`].
-const CHECK_RETRY_FIRST: Duration = Duration::from_secs(1);
-const CHECK_RETRY_MAX: Duration = Duration::from_secs(30);
+/// The wait between two attempts against a Kafka that is away (start-up
+/// checks, pipeline restarts): 1 s, doubling up to 30 s.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_secs(1);
+    pub const MAX: Duration = Duration::from_secs(30);
+
+    /// The wait [`Backoff::sleep`] makes next.
+    pub fn next(&self) -> Duration {
+        self.next
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// Sleeps for the next wait, which then doubles; false as soon as
+    /// `shutdown` is set.
+    pub fn sleep(&mut self, shutdown: &AtomicBool) -> bool {
+        let until = Instant::now() + self.next;
+        while Instant::now() < until {
+            if shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.next = (self.next * 2).min(Self::MAX);
+        true
+    }
+}
 
 /// [`check_topics_once`] until it passes or is refused: while Kafka is
 /// unavailable (unreachable, restarting, slow to answer) the checks are made
@@ -196,21 +226,16 @@ pub fn check_topics(
     shutdown: &AtomicBool,
     mut waiting: impl FnMut(&ConfigError, Duration),
 ) -> Result<Option<TopicLayout>, ConfigError> {
-    let mut wait = CHECK_RETRY_FIRST;
+    let mut backoff = Backoff::default();
     loop {
         match check_topics_once(config, check_control_config) {
             Ok(layout) => return Ok(Some(layout)),
             Err(CheckError::Refused(error)) => return Err(error),
             Err(CheckError::Unavailable(error)) => {
-                waiting(&error, wait);
-                let until = Instant::now() + wait;
-                while Instant::now() < until {
-                    if shutdown.load(Ordering::Acquire) {
-                        return Ok(None);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
+                waiting(&error, backoff.next());
+                if !backoff.sleep(shutdown) {
+                    return Ok(None);
                 }
-                wait = (wait * 2).min(CHECK_RETRY_MAX);
             }
         }
     }
@@ -445,17 +470,13 @@ fn ensure_control_topic(
             if let Err((_, code)) = result
                 && code != RDKafkaErrorCode::TopicAlreadyExists
             {
-                let what = format!("cannot create topic \"{name}\"");
-                // The cluster's default replication factor is more brokers
-                // than are up: one is restarting.
-                if code == RDKafkaErrorCode::InvalidReplicationFactor {
-                    return Err(CheckError::with(
-                        true,
-                        "topics.control",
-                        format!("{what}: {code}"),
-                    ));
-                }
-                return Err(CheckError::topic("topics.control", &what, code));
+                // InvalidReplicationFactor: the cluster's default replication
+                // factor is more brokers than are up, as while one restarts.
+                return Err(CheckError::with(
+                    is_transient(code) || code == RDKafkaErrorCode::InvalidReplicationFactor,
+                    "topics.control",
+                    format!("cannot create topic \"{name}\": {code}"),
+                ));
             }
         }
         tracing::info!(topic = %name, "created the compacted control topic");
