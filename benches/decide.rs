@@ -194,6 +194,18 @@ fn benches(c: &mut Criterion) {
             })
         });
     }
+    // The metrics of a stopped delivery: its outcome, the winning rule's
+    // forced-error series and its match series, over 2,048 rules.
+    let metrics = bouncer::metrics::Metrics::new();
+    let winners: Vec<&Rule> = largest.rules.iter().take(2 * BATCH).collect();
+    records.bench_function("metrics_stopped", |b| {
+        let mut next = batches(&winners);
+        b.iter(|| {
+            for &rule in next() {
+                metrics.decided(Outcome::Failed, Some(rule), &[rule]);
+            }
+        })
+    });
     records.finish();
 
     let mut parse_decide = c.benchmark_group("parse_decide");
