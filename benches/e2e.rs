@@ -546,6 +546,24 @@ mod baseline {
         }
     }
 
+    /// Serves delivery reports until nothing is in flight, as bouncer does
+    /// before it commits: `commit_transaction` flushes first, and
+    /// rust-rdkafka's flush waits in steps of 100 ms once anything is
+    /// outstanding, which would cap the baseline at a transaction per
+    /// ~200 ms and make it no limit at all.
+    fn serve_until_delivered(producer: &Prod, deadline: Instant) {
+        loop {
+            let before = producer.in_flight_count();
+            if before == 0 || Instant::now() >= deadline {
+                return;
+            }
+            producer.poll(Duration::ZERO);
+            if producer.in_flight_count() == before {
+                thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+
     /// Next offsets of the partitions consumed from so far.
     fn positions(consumer: &BaseConsumer) -> Result<TopicPartitionList, KafkaError> {
         let all = consumer.position()?;
@@ -588,6 +606,7 @@ mod baseline {
                 || in_transaction >= config.transaction_max_events;
             if dirty && (stopping || due) {
                 let started = Instant::now();
+                serve_until_delivered(&producer, started + timeout);
                 let tpl = positions(&consumer).map_err(|e| e.to_string())?;
                 let group = consumer
                     .group_metadata()
