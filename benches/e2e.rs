@@ -128,6 +128,8 @@ usage: e2e [OPTIONS]            (cargo bench --bench e2e -- [OPTIONS])
   --rate R             offered load in events/s (default: half what the baseline passes beside
                        the paced producer and reader, measured once per mode)
   --rules N            rules bouncer runs with (default 10000)
+  --match-percent P    share of the events that match a rule (default 5; e.g. 50 for a
+                       campaign cancelled while half the queue is its mail)
   --reload-rules N     rules of each set swapped in the reload phase (default 100000)
   --reload-swaps K     swaps in the reload phase (default 3; 0 skips it)
   --partitions P       input partitions (default 6)
@@ -149,6 +151,8 @@ struct Options {
     warmup_secs: f64,
     rate: Option<f64>,
     rules: usize,
+    /// Per mille of the events matching a rule (default 50).
+    match_per_mille: u64,
     reload_rules: usize,
     reload_swaps: usize,
     partitions: i32,
@@ -201,6 +205,7 @@ impl Options {
             warmup_secs: 3.0,
             rate: None,
             rules: 10_000,
+            match_per_mille: 50,
             reload_rules: 100_000,
             reload_swaps: 3,
             partitions: 6,
@@ -244,6 +249,13 @@ impl Options {
                 "--warmup-secs" => o.warmup_secs = num(arg, value(arg)?)?,
                 "--rate" => o.rate = Some(num(arg, value(arg)?)?),
                 "--rules" => o.rules = num(arg, value(arg)?)?,
+                "--match-percent" => {
+                    let pct: f64 = num(arg, value(arg)?)?;
+                    if !(0.0..=100.0).contains(&pct) {
+                        return Err(format!("{arg}: {pct} is not a percentage (0 to 100)"));
+                    }
+                    o.match_per_mille = (pct * 10.0).round() as u64;
+                }
                 "--reload-rules" => o.reload_rules = num(arg, value(arg)?)?,
                 "--reload-swaps" => o.reload_swaps = num(arg, value(arg)?)?,
                 "--partitions" => o.partitions = num(arg, value(arg)?)?,
@@ -2216,7 +2228,8 @@ mod driver {
         common::write_rule_files(&rules_dir, &files).map_err(|e| e.to_string())?;
         let set = RuleSet::new(common::load(&files));
         let sample = (opts.events as usize).clamp(1, 20_000);
-        let mut backlog = EventStream::new(&specs, &set, sample, BACKLOG_SEED);
+        let share = opts.match_per_mille;
+        let mut backlog = EventStream::matching(&specs, &set, sample, BACKLOG_SEED, share);
         let (traffic, aimed) = backlog.shares();
         let match_share = format!(
             "{} rules; {:.1}% of the traffic matches on its own, {:.1}% more aimed at a rule",
@@ -2225,7 +2238,7 @@ mod driver {
             aimed as f64 / 10.0
         );
         note(&match_share);
-        let mut paced_stream = EventStream::new(&specs, &set, sample, PACED_SEED);
+        let mut paced_stream = EventStream::matching(&specs, &set, sample, PACED_SEED, share);
         let pool: Arc<Vec<String>> = Arc::new(
             (0..PACED_POOL.min((opts.events as usize).max(1000)))
                 .map(|_| paced_stream.next_event())
@@ -2449,7 +2462,8 @@ mod driver {
         }
         // Events aimed at the first set, as the pipeline's traffic would be.
         let set_a = RuleSet::new(common::load(&files_a));
-        let mut stream = EventStream::new(&specs_a, &set_a, 20_000, PACED_SEED ^ 1);
+        let share = ctx.opts.match_per_mille;
+        let mut stream = EventStream::matching(&specs_a, &set_a, 20_000, PACED_SEED ^ 1, share);
         let pool: Arc<Vec<String>> =
             Arc::new((0..PACED_POOL).map(|_| stream.next_event()).collect());
         drop(stream);
@@ -2616,6 +2630,7 @@ mod driver {
         m.insert("latency_secs".into(), o.latency_secs.to_string());
         m.insert("warmup_secs".into(), o.warmup_secs.to_string());
         m.insert("rules".into(), o.rules.to_string());
+        m.insert("match_per_mille".into(), o.match_per_mille.to_string());
         m.insert("reload_rules".into(), o.reload_rules.to_string());
         let join = |v: &[(String, String)]| {
             v.iter()

@@ -555,6 +555,19 @@ pub struct EventStream<'s> {
 
 impl<'s> EventStream<'s> {
     pub fn new(specs: &'s [RuleSpec], set: &RuleSet, sample: usize, seed: u64) -> Self {
+        Self::matching(specs, set, sample, seed, MATCH_PER_MILLE)
+    }
+
+    /// As [`EventStream::new`], with about `match_per_mille` of the events
+    /// matching a rule instead of the default 5%: a campaign cancelled
+    /// while much of the queue is its mail.
+    pub fn matching(
+        specs: &'s [RuleSpec],
+        set: &RuleSet,
+        sample: usize,
+        seed: u64,
+        match_per_mille: u64,
+    ) -> Self {
         let active: Vec<&RuleSpec> = specs
             .iter()
             .filter(|r| set.get(&r.id).is_some_and(|r| r.is_active(now())))
@@ -574,7 +587,7 @@ impl<'s> EventStream<'s> {
             active,
             rng: Rng::new(seed),
             aim_rng: Rng::new(!seed),
-            aim_per_mille: MATCH_PER_MILLE.saturating_sub(traffic_per_mille),
+            aim_per_mille: match_per_mille.saturating_sub(traffic_per_mille),
             traffic_per_mille,
         }
     }
