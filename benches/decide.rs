@@ -12,11 +12,14 @@ use std::hint::black_box;
 
 use bouncer::config::Partitioning;
 use bouncer::event::{DEFAULT_MAX_EVENT_BYTES, Event};
+use bouncer::logging::{self, LogFormat};
+use bouncer::pipeline;
 use bouncer::pipeline::output::{self, Input, Meta};
 use bouncer::rules::{Mode, Outcome, Rule};
 use chrono::{DateTime, Utc};
 use common::Fixture;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tracing_appender::non_blocking::NonBlockingBuilder;
 
 const SIZES: [usize; 3] = [10, 1_000, 100_000];
 /// Distinct events per fixture: each iteration takes the next `BATCH` of
@@ -207,6 +210,34 @@ fn benches(c: &mut Criterion) {
         })
     });
     records.finish();
+
+    // The log line of a stopped delivery (SPEC §3, `log_outcomes = "each"`)
+    // in each format, as the pipeline thread pays for it: formatting and
+    // handing the line to the log thread, which writes it to a sink here.
+    let mut log_lines = c.benchmark_group("log_line");
+    log_lines
+        .sample_size(50)
+        .throughput(Throughput::Elements(BATCH as u64));
+    let parsed: Vec<Event<'_>> = events.iter().map(|json| parse(json)).collect();
+    for (name, format) in [("text", LogFormat::Text), ("json", LogFormat::Json)] {
+        let (writer, _guard) = NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(std::io::sink());
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let subscriber = logging::subscriber(format, filter, writer, false);
+        tracing::subscriber::with_default(subscriber, || {
+            log_lines.bench_function(name, |b| {
+                let mut next = batches(&parsed);
+                b.iter(|| {
+                    for event in next() {
+                        let input = input(events[0].as_str());
+                        pipeline::log_stopped(Outcome::Failed, rule, black_box(event), &input);
+                    }
+                })
+            });
+        });
+    }
+    log_lines.finish();
 
     let mut parse_decide = c.benchmark_group("parse_decide");
     parse_decide

@@ -521,23 +521,9 @@ fn remove_gone_rules(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{Conditions, Source};
 
     fn rule(id: &str, code: u16, mode: Mode) -> Rule {
-        Rule {
-            id: id.into(),
-            source: Source::Api,
-            code,
-            status: None,
-            description: "test".into(),
-            conditions: Conditions::default(),
-            match_all: true,
-            mode,
-            not_before: None,
-            expires: None,
-            created_by: None,
-            created_at: None,
-        }
+        Rule::for_test(id, code, mode)
     }
 
     fn store_with(rules: &[&Rule]) -> RuleStore {

@@ -55,7 +55,7 @@ use crate::config::{Config, Guarantee, LogOutcomes};
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::reload::RuleStore;
-use crate::rules::Outcome;
+use crate::rules::{Outcome, Rule};
 
 /// How long a partition stays paused after an authorisation or
 /// missing-topic error before it is tried again.
@@ -236,6 +236,19 @@ impl ProducerContext for ProducerCtx {
             }
         }
     }
+}
+
+/// The log line of a failed or deferred delivery (SPEC §3).
+pub fn log_stopped(outcome: Outcome, rule: &Rule, event: &Event<'_>, input: &Input<'_>) {
+    tracing::info!(
+        outcome = outcome.as_str(),
+        rule = %rule.id,
+        code = rule.code,
+        domain = event.recipient_domain.as_deref().unwrap_or(""),
+        tags = ?event.tags,
+        input = %input.coordinates_display(),
+        "delivery stopped"
+    );
 }
 
 /// Polled by the loop thread itself (see [`serve_deliveries`]): the
@@ -856,15 +869,7 @@ impl Loop<'_> {
                     && decision.outcome != Outcome::Forwarded
                     && self.config.log_outcomes == LogOutcomes::Each
                 {
-                    tracing::info!(
-                        outcome = decision.outcome.as_str(),
-                        rule = %rule.id,
-                        code = rule.code,
-                        domain = event.recipient_domain.as_deref().unwrap_or(""),
-                        tags = ?event.tags,
-                        input = %input.coordinates_display(),
-                        "delivery stopped"
-                    );
+                    log_stopped(decision.outcome, rule, &event, &input);
                 }
                 match output::outputs(&input, &decision, &meta) {
                     Ok(outputs) => outputs,
@@ -1394,5 +1399,95 @@ fn kind(error: &KafkaError) -> &'static str {
         FailureKind::Permanent => "permanent",
         FailureKind::Blocked => "blocked",
         FailureKind::Retriable => "retriable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::logging::{self, LogFormat};
+    use crate::rules::Mode;
+
+    /// The lines a subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log output of one stopped delivery, in `format`.
+    fn logged(format: LogFormat) -> String {
+        let lines = Lines::default();
+        let writer = {
+            let lines = lines.clone();
+            move || lines.clone()
+        };
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let subscriber = logging::subscriber(format, filter, writer, false);
+        let json = br#"{"recipient":"jo@Mail.Example.COM","from":"news@shop.example",
+            "tags":["campaign-x","customer 42"],"mime":"Subject: hi\r\n\r\nhello"}"#;
+        let event = Event::parse(json, crate::event::DEFAULT_MAX_EVENT_BYTES).unwrap();
+        let input = Input {
+            topic: "mailerq-outgoing",
+            partition: 3,
+            offset: 1_234_567,
+            key: None,
+            value: Some(json),
+            headers: Default::default(),
+            timestamp: None,
+        };
+        let rule = Rule::for_test("cancel-campaign-x", 550, Mode::Enforce);
+        tracing::subscriber::with_default(subscriber, || {
+            log_stopped(Outcome::Failed, &rule, &event, &input);
+        });
+        let out = lines.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_stopped_delivery_is_one_json_record_with_rule_code_domain_tags_and_input() {
+        let out = logged(LogFormat::Json);
+        assert_eq!(out.lines().count(), 1, "{out}");
+        let record: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(record["level"], "INFO", "{record}");
+        assert_eq!(record["message"], "delivery stopped");
+        assert_eq!(record["outcome"], "failed");
+        assert_eq!(record["rule"], "cancel-campaign-x");
+        assert_eq!(record["code"], 550);
+        assert_eq!(record["domain"], "mail.example.com");
+        assert_eq!(record["input"], "mailerq-outgoing/3/1234567");
+        let tags = record["tags"].as_str().unwrap();
+        assert!(
+            tags.contains("\"campaign-x\"") && tags.contains("\"customer 42\""),
+            "{tags}"
+        );
+    }
+
+    #[test]
+    fn a_stopped_delivery_is_one_text_line_with_the_same_fields() {
+        let out = logged(LogFormat::Text);
+        assert_eq!(out.lines().count(), 1, "{out}");
+        for field in [
+            "delivery stopped",
+            "outcome=\"failed\"",
+            "rule=cancel-campaign-x",
+            "code=550",
+            "domain=\"mail.example.com\"",
+            "input=mailerq-outgoing/3/1234567",
+            "\"customer 42\"",
+        ] {
+            assert!(out.contains(field), "{field} missing from {out}");
+        }
     }
 }

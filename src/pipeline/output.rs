@@ -578,7 +578,6 @@ impl<'de> Visitor<'de> for FieldsVisitor {
 mod tests {
     use super::*;
     use crate::event::Event;
-    use crate::rules::Conditions;
 
     /// The SPEC §3 example entry, for a rule from `campaigns/x.toml` decided
     /// at 2026-11-27 12:00:00 on `bouncer-7f9c` for `deliveries/3/10452`.
@@ -615,18 +614,10 @@ mod tests {
 
     fn rule(id: &str, code: u16, status: Option<&str>, source: Source) -> Rule {
         Rule {
-            id: id.into(),
             source,
-            code,
             status: status.map(Into::into),
             description: "Campaign X cancelled by the customer".into(),
-            conditions: Conditions::default(),
-            match_all: true,
-            mode: Mode::Enforce,
-            not_before: None,
-            expires: None,
-            created_by: None,
-            created_at: None,
+            ..Rule::for_test(id, code, Mode::Enforce)
         }
     }
 

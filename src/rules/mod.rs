@@ -196,6 +196,27 @@ pub fn parent_suffixes(domain: &str) -> impl Iterator<Item = &str> {
         .filter(|s| !s.is_empty())
 }
 
+#[cfg(test)]
+impl Rule {
+    /// An API rule with no conditions, for unit tests.
+    pub(crate) fn for_test(id: &str, code: u16, mode: Mode) -> Rule {
+        Rule {
+            id: id.into(),
+            source: Source::Api,
+            code,
+            status: None,
+            description: "test".into(),
+            conditions: Conditions::default(),
+            match_all: true,
+            mode,
+            not_before: None,
+            expires: None,
+            created_by: None,
+            created_at: None,
+        }
+    }
+}
+
 impl Rule {
     /// Condition keys present (`mta`, `pool`, `domain`, `sender_domain`,
     /// `tags`), the second precedence step.
