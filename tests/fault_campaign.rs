@@ -48,8 +48,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kafka_support::{
-    Bouncer, FEED_RULES, Feed, Isolation, Rec, Setup, bootstrap, broker_is_managed, kafka_sh,
-    metric, scan_topic, serial, serial_exclusive_on_broker, wait_committed_to_end,
+    Bouncer, FEED_RULES, Feed, FeedProgress, Isolation, Rec, Setup, bootstrap, broker_is_managed,
+    kafka_sh, metric, scan_topic, serial, serial_exclusive_on_broker, stable_and_high_offsets,
+    wait_committed_to_end,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -277,6 +278,8 @@ struct Member {
 struct Fleet<'s> {
     setup: &'s Setup,
     knobs: &'s Knobs,
+    /// Once it has started: its progress is printed when a wait times out.
+    feed: Option<FeedProgress>,
     members: Vec<Member>,
     started: Instant,
     deadline: Instant,
@@ -309,6 +312,7 @@ impl<'s> Fleet<'s> {
         Fleet {
             setup,
             knobs,
+            feed: None,
             members,
             started,
             deadline: started + knobs.budget,
@@ -527,6 +531,20 @@ impl<'s> Fleet<'s> {
     /// Each live member's `/status` (assignment, lag, paused partitions,
     /// in flight, last Kafka error), for a wait that timed out.
     fn print_statuses(&self) {
+        if let Some(feed) = &self.feed {
+            eprintln!("fault campaign: feed: {feed}");
+            let input = &self.setup.topics.input;
+            // A broker that does not answer makes this panic: caught, so
+            // the campaign's own failure stays the one reported.
+            let offsets = std::panic::catch_unwind(|| stable_and_high_offsets(input));
+            match offsets {
+                Ok(offsets) => eprintln!(
+                    "fault campaign: input (last stable offset, high watermark) by partition: \
+                     {offsets:?}"
+                ),
+                Err(_) => eprintln!("fault campaign: the input's offsets could not be read"),
+            }
+        }
         for m in &self.members {
             if let Some(process) = &m.process {
                 let status = process.get("/status").map_or_else(
@@ -884,6 +902,7 @@ fn fault_campaign() {
     fleet.wait_all_ready("at the start");
     let feed = Feed::start(&t.input, &setup.name, PARTITIONS, knobs.events, knobs.feed);
     let feed_started = Instant::now();
+    fleet.feed = Some(feed.progress());
     fleet.note("feed started");
     for i in 0..knobs.instances {
         let what = format!("{} to process its first events", fleet.members[i].name);

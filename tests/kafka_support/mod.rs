@@ -1350,10 +1350,40 @@ description = "Campaign X cancelled by the customer"
 tags = ["campaign_X", "customer_Y"]
 "#;
 
+/// A [`Feed`]'s counts.
+#[derive(Clone)]
+pub struct FeedProgress {
+    sent: Arc<AtomicUsize>,
+    deliveries: Arc<Deliveries>,
+}
+
+impl std::fmt::Display for FeedProgress {
+    /// Sent, acknowledged and failed so far, and the last delivery error:
+    /// printed when a campaign's wait times out, to tell a feed the broker
+    /// stopped acknowledging from consumers that stopped consuming.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.deliveries;
+        write!(
+            f,
+            "{} sent, {} acknowledged, {} failed (last error: {})",
+            self.sent.load(Ordering::Relaxed),
+            d.ok.load(Ordering::Relaxed),
+            d.failed.load(Ordering::Relaxed),
+            d.last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_deref()
+                .unwrap_or("none")
+        )
+    }
+}
+
 /// Events produced at a steady pace by a background thread.
 pub struct Feed {
     handle: Option<std::thread::JoinHandle<usize>>,
     pub sent: Arc<AtomicUsize>,
+    /// The feed producer's delivery reports: what the broker acknowledged.
+    pub deliveries: Arc<Deliveries>,
 }
 
 impl Feed {
@@ -1371,8 +1401,9 @@ impl Feed {
         let counter = sent.clone();
         let topic = topic.to_owned();
         let prefix = prefix.to_owned();
+        let producer = TestProducer::new(&topic);
+        let deliveries = producer.deliveries.clone();
         let handle = std::thread::spawn(move || {
-            let producer = TestProducer::new(&topic);
             let started = Instant::now();
             for n in 0..total {
                 let due = duration.mul_f64(n as f64 / total as f64);
@@ -1400,11 +1431,20 @@ impl Feed {
         Feed {
             handle: Some(handle),
             sent,
+            deliveries,
         }
     }
 
     pub fn sent(&self) -> usize {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// A handle on the feed's counts that outlives borrows of the feed.
+    pub fn progress(&self) -> FeedProgress {
+        FeedProgress {
+            sent: self.sent.clone(),
+            deliveries: self.deliveries.clone(),
+        }
     }
 
     /// Waits until at least `n` events are sent.
