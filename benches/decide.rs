@@ -228,9 +228,9 @@ fn benches(c: &mut Criterion) {
         tracing::subscriber::with_default(subscriber, || {
             log_lines.bench_function(name, |b| {
                 let mut next = batches(&parsed);
+                let input = input(events[0].as_str());
                 b.iter(|| {
                     for event in next() {
-                        let input = input(events[0].as_str());
                         pipeline::log_stopped(Outcome::Failed, rule, black_box(event), &input);
                     }
                 })

@@ -1381,9 +1381,7 @@ impl std::fmt::Display for FeedProgress {
 /// Events produced at a steady pace by a background thread.
 pub struct Feed {
     handle: Option<std::thread::JoinHandle<usize>>,
-    pub sent: Arc<AtomicUsize>,
-    /// The feed producer's delivery reports: what the broker acknowledged.
-    pub deliveries: Arc<Deliveries>,
+    progress: FeedProgress,
 }
 
 impl Feed {
@@ -1430,21 +1428,17 @@ impl Feed {
         });
         Feed {
             handle: Some(handle),
-            sent,
-            deliveries,
+            progress: FeedProgress { sent, deliveries },
         }
     }
 
     pub fn sent(&self) -> usize {
-        self.sent.load(Ordering::Relaxed)
+        self.progress.sent.load(Ordering::Relaxed)
     }
 
     /// A handle on the feed's counts that outlives borrows of the feed.
     pub fn progress(&self) -> FeedProgress {
-        FeedProgress {
-            sent: self.sent.clone(),
-            deliveries: self.deliveries.clone(),
-        }
+        self.progress.clone()
     }
 
     /// Waits until at least `n` events are sent.
