@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
+use std::ops::Range;
 
 use chrono::NaiveDateTime;
 use serde::Deserializer as _;
@@ -140,8 +141,42 @@ pub struct Event<'a> {
     pub max_deliver_time: Option<i64>,
     /// `maxattempts`; 0 means no limit.
     pub max_attempts: u64,
-    /// Number of entries in `results`.
-    pub attempts: u64,
+    /// The raw `results` array, counted only when a decision needs it
+    /// ([`Event::attempts`]).
+    results: Option<&'a str>,
+    /// Where a result record's edits go in the event's text; `None` when the
+    /// event has more than one top-level `mime` (the writer then reads the
+    /// event again).
+    pub layout: Option<Layout>,
+}
+
+/// Byte offsets, in the event's text, of what a result or retry record
+/// changes (SPEC §3): found by [`Event::parse`] on its way through, so the
+/// records are written without reading the event a second time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// The top-level `mime` member, from its key's opening quote to the end
+    /// of its value.
+    pub mime: Option<Range<usize>>,
+    /// The top-level `results` value: an array or `null`.
+    pub results: Option<Range<usize>>,
+    /// The last top-level `keepmime` is `true` (MailerQ keeps `mime` in
+    /// results only then).
+    pub keep_mime: bool,
+}
+
+impl Layout {
+    /// The layout of any JSON object's text, an event or not.
+    #[cfg(test)]
+    pub(crate) fn find(text: &str) -> Option<Layout> {
+        match parse_top(text, false)
+            .or_else(|_| parse_top(text, true))
+            .ok()?
+        {
+            Top::Object(fields) => fields.layout(),
+            Top::NotObject(_) => None,
+        }
+    }
 }
 
 impl<'a> Event<'a> {
@@ -160,6 +195,18 @@ impl<'a> Event<'a> {
             )
         })?;
         Self::parse_str(text)
+    }
+
+    /// Number of entries in `results`: the attempts made so far.
+    pub fn attempts(&self) -> u64 {
+        let Some(raw) = self.results else { return 0 };
+        let counted = LenientSeed::<Count>::new(true)
+            .deserialize(&mut serde_json::Deserializer::from_str(raw));
+        match counted {
+            Ok(Lenient::Ok(Count(n))) => n,
+            // The parse read this text as an array already.
+            _ => 0,
+        }
     }
 
     /// Parses an event already known to be UTF-8 and within the size limit.
@@ -207,7 +254,12 @@ struct RawFields<'a> {
     tags: Option<SmallVec<[Cow<'a, str>; 4]>>,
     max_deliver_time: Option<Cow<'a, str>>,
     max_attempts: Option<u64>,
-    results: Option<u64>,
+    results: Option<&'a str>,
+    results_span: Option<Range<usize>>,
+    mime: Option<Range<usize>>,
+    /// How many top-level `mime` members, up to 2.
+    mimes: u8,
+    keep_mime: bool,
 }
 
 impl<'a> RawFields<'a> {
@@ -217,7 +269,16 @@ impl<'a> RawFields<'a> {
         }
     }
 
+    fn layout(&self) -> Option<Layout> {
+        (self.mimes <= 1).then(|| Layout {
+            mime: self.mime.clone(),
+            results: self.results_span.clone(),
+            keep_mime: self.keep_mime,
+        })
+    }
+
     fn into_event(self) -> Result<Event<'a>, Invalid> {
+        let layout = self.layout();
         let recipient = self.recipient.ok_or_else(|| {
             Invalid::new(
                 Reason::RecipientMissing,
@@ -264,7 +325,8 @@ impl<'a> RawFields<'a> {
             tags: self.tags.unwrap_or_default(),
             max_deliver_time,
             max_attempts: self.max_attempts.unwrap_or(0),
-            attempts: self.results.unwrap_or(0),
+            results: self.results,
+            layout,
             recipient,
         })
     }
@@ -368,7 +430,7 @@ fn parse_top(text: &str, careful: bool) -> Result<Top<'_>, serde_json::Error> {
                 _ => "a number",
             })
         }
-        _ => de.deserialize_any(TopVisitor { careful })?,
+        _ => de.deserialize_any(TopVisitor { careful, text })?,
     };
     de.end()?;
     Ok(top)
@@ -378,11 +440,35 @@ fn starts_number(json: &str) -> bool {
     json.starts_with(|c: char| c == '-' || c.is_ascii_digit())
 }
 
-struct TopVisitor {
+struct TopVisitor<'t> {
     careful: bool,
+    /// The whole event, for the offsets of [`Layout`].
+    text: &'t str,
 }
 
-impl<'de> Visitor<'de> for TopVisitor {
+impl TopVisitor<'_> {
+    /// Where `part`, a slice of the event's text, starts in it.
+    fn offset(&self, part: &str) -> usize {
+        part.as_ptr() as usize - self.text.as_ptr() as usize
+    }
+
+    /// The span of a member whose value is `value`: from its key's opening
+    /// quote. The key decodes to a name without a quote, so its raw text
+    /// holds none either (an escaped one would decode to a quote).
+    fn member(&self, value: &str) -> Option<Range<usize>> {
+        let start = self.offset(value);
+        let key = self.text[..start]
+            .trim_end_matches(JSON_WHITESPACE)
+            .strip_suffix(':')?
+            .trim_end_matches(JSON_WHITESPACE)
+            .strip_suffix('"')?;
+        Some(key.rfind('"')?..start + value.len())
+    }
+}
+
+const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
+impl<'de> Visitor<'de> for TopVisitor<'de> {
     type Value = Top<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -394,7 +480,20 @@ impl<'de> Visitor<'de> for TopVisitor {
         let mut fields = Box::<RawFields<'de>>::default();
         while let Some(key) = map.next_key::<CowStr<'de>>()? {
             let Some(field) = Field::from_key(&key.0) else {
-                map.next_value::<IgnoredAny>()?;
+                match &*key.0 {
+                    "mime" => {
+                        let raw = map.next_value::<&RawValue>()?.get();
+                        fields.mimes = fields.mimes.saturating_add(1).min(2);
+                        fields.mime = self.member(raw);
+                        if fields.mime.is_none() {
+                            fields.mimes = 2;
+                        }
+                    }
+                    "keepmime" => fields.keep_mime = map.next_value::<&RawValue>()?.get() == "true",
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
                 continue;
             };
             let index = field as usize;
@@ -442,11 +541,24 @@ impl<'de> Visitor<'de> for TopVisitor {
                     Lenient::Wrong(found) => fields.fail(wrong(found, "an integer of at least 0")),
                     Lenient::Ok(n) => fields.max_attempts = Some(n),
                 },
-                Field::Results => match map.next_value_seed(LenientSeed::new(careful))? {
-                    Lenient::Null => {}
-                    Lenient::Wrong(found) => fields.fail(wrong(found, "an array")),
-                    Lenient::Ok(Count(n)) => fields.results = Some(n),
-                },
+                Field::Results => {
+                    // Only its type is checked here; its entries are counted
+                    // if a decision needs them.
+                    let raw = map.next_value::<&RawValue>()?.get();
+                    let start = self.offset(raw);
+                    if raw.starts_with('[') || raw == "null" {
+                        fields.results_span = Some(start..start + raw.len());
+                        fields.results = raw.starts_with('[').then_some(raw);
+                    } else {
+                        let found = match LenientSeed::<Count>::new(true)
+                            .deserialize(&mut serde_json::Deserializer::from_str(raw))
+                        {
+                            Ok(Lenient::Wrong(found)) => found,
+                            _ => "another value",
+                        };
+                        fields.fail(wrong(found, "an array"));
+                    }
+                }
             }
         }
         Ok(Top::Object(fields))
@@ -695,6 +807,68 @@ impl<'de> de::Deserialize<'de> for CowStr<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_of_another_type_is_named_and_entries_are_counted_on_demand() {
+        for (value, found) in [
+            (r#""[]""#, "a string"),
+            ("1", "a number"),
+            ("123456789012345678901234567890", "a number"),
+            ("1e400", "a non-integer number"),
+            ("true", "a boolean"),
+            (r#"{"a":[]}"#, "an object"),
+        ] {
+            let text = format!(r#"{{"recipient":"a@b.c","results":{value}}}"#);
+            let invalid = Event::parse(text.as_bytes(), usize::MAX).unwrap_err();
+            assert_eq!(invalid.reason, Reason::WrongType(Field::Results), "{text}");
+            assert_eq!(
+                invalid.detail,
+                format!("expected an array, found {found}"),
+                "{text}"
+            );
+        }
+        for (value, attempts) in [
+            ("null", 0),
+            ("[]", 0),
+            ("[ [1,[2]], {\"a\":[3,4]}, \"x,y\" ]", 3),
+        ] {
+            let text = format!(r#"{{"recipient":"a@b.c","results":{value}}}"#);
+            let event = Event::parse(text.as_bytes(), usize::MAX).unwrap();
+            assert_eq!(event.attempts(), attempts, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_layout_spans_mime_results_and_keepmime_at_the_top_level() {
+        let text = r#"{"x":{"mime":1,"results":[]}, "mi\u006de" : "m\"", "keepmime":true,"recipient":"a@b.c","results": [1,2] ,"keepmime":1}"#;
+        let event = Event::parse(text.as_bytes(), usize::MAX).unwrap();
+        let layout = event.layout.clone().expect("one mime");
+        assert_eq!(&text[layout.mime.unwrap()], r#""mi\u006de" : "m\"""#);
+        assert_eq!(&text[layout.results.unwrap()], "[1,2]");
+        assert!(!layout.keep_mime, "the last keepmime counts");
+        assert_eq!(event.attempts(), 2);
+
+        let event = Event::parse(br#"{"recipient":"a@b.c","keepmime":true}"#, usize::MAX).unwrap();
+        assert_eq!(
+            event.layout,
+            Some(Layout {
+                mime: None,
+                results: None,
+                keep_mime: true
+            })
+        );
+        let event =
+            Event::parse(br#"{"recipient":"a@b.c","mime":1,"mime":2}"#, usize::MAX).unwrap();
+        assert_eq!(event.layout, None, "two mimes: no single span to drop");
+        // The careful reading finds the same spans.
+        let text = r#"{"recipient":"a@b.c","n":1e400,"mime":"m","results":null}"#;
+        let layout = Event::parse(text.as_bytes(), usize::MAX)
+            .unwrap()
+            .layout
+            .unwrap();
+        assert_eq!(&text[layout.mime.unwrap()], r#""mime":"m""#);
+        assert_eq!(&text[layout.results.unwrap()], "null");
+    }
 
     #[test]
     fn mailerq_time_is_written_as_chrono_writes_it() {

@@ -82,7 +82,7 @@ fn a_valid_event_exposes_what_rules_read() {
         )
     );
     assert_eq!(event.max_attempts, 5);
-    assert_eq!(event.attempts, 2);
+    assert_eq!(event.attempts(), 2);
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn absent_and_null_fields_are_the_same() {
         assert!(event.tags.is_empty());
         assert_eq!(event.max_deliver_time, None);
         assert_eq!(event.max_attempts, 0);
-        assert_eq!(event.attempts, 0);
+        assert_eq!(event.attempts(), 0);
     }
 }
 

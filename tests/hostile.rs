@@ -122,7 +122,7 @@ fn the_realistic_event_decides() {
         Some("news.customer-z.example")
     );
     assert_eq!(event.tags.len(), 3);
-    assert_eq!((event.max_attempts, event.attempts), (5, 1));
+    assert_eq!((event.max_attempts, event.attempts()), (5, 1));
     let decision = set.decide(&event, now());
     // Both 5xx rules match; more condition keys do not decide between one
     // key each, the smaller id does.
@@ -204,7 +204,7 @@ fn deep_closed_nesting_is_skipped_without_recursion() {
     assert_eq!(code(&set, &object), "recipient-missing");
     // In `results` only the entries are counted.
     let event = format!(r#"{{"recipient":"a@b.example","results":[{array},{object}]}}"#);
-    assert_eq!(parse(event.as_bytes()).attempts, 2);
+    assert_eq!(parse(event.as_bytes()).attempts(), 2);
     let event = format!(r#"{{"recipient":"a@b.example","results":{object}}}"#);
     assert_eq!(code(&set, event), "wrong-type:results");
     // Inside a tag list.
@@ -583,7 +583,7 @@ fn numbers_beyond_f64_are_json() {
         // Where bouncer does not read it: valid.
         let event = format!(r#"{{"recipient":"a@b.example","x":{n},"results":[{n}]}}"#);
         assert_eq!(code(&set, &event), "ok", "{n}");
-        assert_eq!(parse(event.as_bytes()).attempts, 1);
+        assert_eq!(parse(event.as_bytes()).attempts(), 1);
         // Where it does: the wrong type.
         for field in Field::ALL {
             let event = format!(r#"{{"recipient":"a@b.example","{}":{n}}}"#, field.name());

@@ -103,7 +103,7 @@ pub fn rule_set() -> &'static RuleSet {
 /// Whether a 4xx deferral is final for this event (SPEC §3).
 fn deferral_is_final(event: &Event<'_>, now: DateTime<Utc>) -> bool {
     event.max_deliver_time.is_some_and(|t| now.timestamp() >= t)
-        || (event.max_attempts > 0 && event.attempts >= event.max_attempts)
+        || (event.max_attempts > 0 && event.attempts() >= event.max_attempts)
 }
 
 /// Checks `decide` against a linear scan of every rule: the index may only

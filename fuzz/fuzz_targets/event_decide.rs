@@ -10,7 +10,7 @@ mod common;
 use bouncer::config::Partitioning;
 use bouncer::eval::{Verdict, evaluate};
 use bouncer::event::{DEFAULT_MAX_EVENT_BYTES, Event, Reason};
-use bouncer::pipeline::output::{Destination, Input, Meta, outputs};
+use bouncer::pipeline::output::{Destination, Input, Meta, outputs, stopped};
 use bouncer::rules::{Decision, Outcome};
 use libfuzzer_sys::fuzz_target;
 
@@ -104,7 +104,7 @@ fn check_outputs(data: &[u8], event: &Event<'_>, decision: &Decision<'_>) {
         now: common::now(),
         forward_partitioning: Partitioning::Same,
     };
-    let records = outputs(&input, decision, &meta)
+    let records = outputs(&input, event, decision, &meta)
         .unwrap_or_else(|e| panic!("no output records for a decided event: {e}"));
     if decision.outcome == Outcome::Forwarded {
         assert_eq!(records.len(), 1);
@@ -119,6 +119,21 @@ fn check_outputs(data: &[u8], event: &Event<'_>, decision: &Decision<'_>) {
     };
     let got: Vec<Destination> = records.iter().map(|r| r.destination).collect();
     assert_eq!(got, want);
+    // Written at the parse's offsets, the records are those of reading the
+    // event again, but for whitespace between members.
+    let rule = decision.rule.expect("a stopped decision has a rule");
+    let reread = stopped(&input, None, rule, decision.outcome, &meta)
+        .unwrap_or_else(|e| panic!("the event read again is refused: {e}"));
+    assert_eq!(reread.len(), records.len());
+    for (record, reread) in records.iter().zip(&reread) {
+        let (a, b) = (record.value.as_deref(), reread.value.as_deref());
+        assert_eq!(
+            a.map(compact),
+            b.map(compact),
+            "{} record differs from the event read again",
+            record.destination
+        );
+    }
     for record in &records {
         let value = record
             .value
@@ -133,7 +148,7 @@ fn check_outputs(data: &[u8], event: &Event<'_>, decision: &Decision<'_>) {
         });
         assert_eq!(again.recipient, event.recipient);
         assert_eq!(again.tags, event.tags);
-        assert_eq!(again.attempts, event.attempts + 1, "one entry appended");
+        assert_eq!(again.attempts(), event.attempts() + 1, "one entry appended");
         let mut de = serde_json::Deserializer::from_slice(value);
         let last = last_result(&mut de);
         assert_eq!(last["state"], "forced");
@@ -143,6 +158,28 @@ fn check_outputs(data: &[u8], event: &Event<'_>, decision: &Decision<'_>) {
             decision.rule.map(|r| r.id.as_str())
         );
     }
+}
+
+/// `text` without JSON whitespace outside strings.
+fn compact(text: &[u8]) -> Vec<u8> {
+    let (mut out, mut in_string, mut escaped) = (Vec::new(), false, false);
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            continue;
+        }
+        out.push(b);
+    }
+    out
 }
 
 /// The last entry of the top-level `results` array, skipping every other

@@ -871,7 +871,7 @@ impl Loop<'_> {
                 {
                     log_stopped(decision.outcome, rule, &event, &input);
                 }
-                match output::outputs(&input, &decision, &meta) {
+                match output::outputs(&input, &event, &decision, &meta) {
                     Ok(outputs) => outputs,
                     Err(invalid) => smallvec::smallvec![output::dead_letter(&input, &invalid)],
                 }

@@ -6,7 +6,9 @@
 //! event at the top level only: every field keeps its raw JSON text and its
 //! place, so numbers such as `1e400`, unknown and duplicate fields survive
 //! exactly; `mime` is dropped from result records unless `"keepmime": true`,
-//! and the result entry is appended to `results`.
+//! and the result entry is appended to `results`. They are written at the
+//! offsets the event's parse found ([`Layout`]), without reading it again,
+//! unless it has no layout (more than one `mime`).
 //!
 //! Every record carries the input's key, the input's headers in order
 //! (duplicates kept), then bouncer's own headers, `bouncer-input` last. Since
@@ -16,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -24,7 +27,7 @@ use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
 use crate::config::Partitioning;
-use crate::event::{Field, Invalid, Reason, format_mailerq_time};
+use crate::event::{Event, Field, Invalid, Layout, Reason, format_mailerq_time};
 use crate::rules::{Decision, Mode, Outcome, Rule, Source};
 
 /// `bouncer-outcome`: the decision, on forward, result and retry records.
@@ -221,17 +224,19 @@ impl Meta<'_> {
     }
 }
 
-/// The records for a decided event: a forward, or a result record and, when
-/// deferred, a retry record. An `Err` means the value is not the JSON object
-/// the decision was made on; dead-letter it with [`dead_letter`].
+/// The records for an event decided on, parsed from `input`'s value: a
+/// forward, or a result record and, when deferred, a retry record. An `Err`
+/// means the value is not the JSON object the decision was made on;
+/// dead-letter it with [`dead_letter`].
 pub fn outputs<'a>(
     input: &'a Input<'_>,
+    event: &Event<'_>,
     decision: &Decision<'_>,
     meta: &Meta<'_>,
 ) -> Result<Outputs<'a>, Invalid> {
     match decision.rule {
         Some(rule) if decision.outcome != Outcome::Forwarded => {
-            stopped(input, rule, decision.outcome, meta)
+            stopped(input, event.layout.as_ref(), rule, decision.outcome, meta)
         }
         _ => {
             let mut out = Outputs::new();
@@ -277,12 +282,14 @@ pub fn forward<'a>(input: &'a Input<'_>, shadow_ids: &[&str], meta: &Meta<'_>) -
 /// `"keepmime": true`), each with the result entry appended to `results`.
 /// They are new attempts, so the producer stamps their time.
 ///
-/// `outcome` is `Failed` or `Deferred`; the rule gives the entry's code,
-/// status and description. An `Err` means the value is not a JSON object
-/// with a `results` array or null, which [`crate::event::Event::parse`] has
-/// already refused for any event that got a decision.
+/// `layout` is that of the event parsed from `input`'s value; with `None`
+/// the value is read again. `outcome` is `Failed` or `Deferred`; the rule
+/// gives the entry's code, status and description. An `Err` means the value
+/// is not a JSON object with a `results` array or null, which
+/// [`Event::parse`] has already refused for any event that got a decision.
 pub fn stopped<'a>(
     input: &'a Input<'_>,
+    layout: Option<&Layout>,
     rule: &Rule,
     outcome: Outcome,
     meta: &Meta<'_>,
@@ -292,13 +299,30 @@ pub fn stopped<'a>(
         reason: Reason::NotJson,
         detail: "the record has no value".into(),
     })?;
-    let text = std::str::from_utf8(bytes).map_err(|e| Invalid {
-        reason: Reason::NotUtf8,
-        detail: format!("invalid byte at offset {}", e.valid_up_to()),
-    })?;
-    let event = TopLevel::parse(text)?;
     let coordinates = input.coordinates();
     let entry = result_entry(rule, &coordinates, meta);
+    let deferred = outcome == Outcome::Deferred;
+    // The retry record keeps `mime`; the result record keeps it if the event
+    // says so.
+    let at_layout = layout.and_then(|layout| {
+        let retry = match deferred {
+            true => Some(write_at(bytes, layout, &entry, false)?),
+            false => None,
+        };
+        Some((retry, write_at(bytes, layout, &entry, !layout.keep_mime)?))
+    });
+    let (retry, result) = match at_layout {
+        Some(values) => values,
+        None => {
+            let text = std::str::from_utf8(bytes).map_err(|e| Invalid {
+                reason: Reason::NotUtf8,
+                detail: format!("invalid byte at offset {}", e.valid_up_to()),
+            })?;
+            let event = TopLevel::parse(text)?;
+            let retry = deferred.then(|| event.write(&entry, false));
+            (retry, event.write(&entry, !event.keeps_mime()))
+        }
+    };
 
     let record = |destination, partition, value: Vec<u8>| {
         let mut bouncer_headers = SmallVec::new();
@@ -316,19 +340,77 @@ pub fn stopped<'a>(
         }
     };
     let mut out = Outputs::new();
-    if outcome == Outcome::Deferred {
+    if let Some(retry) = retry {
         out.push(record(
             Destination::Retry,
             meta.forward_partition(input),
-            event.write(&entry, false),
+            retry,
         ));
     }
-    out.push(record(
-        Destination::Results,
-        PartitionChoice::ByKey,
-        event.write(&entry, !event.keeps_mime()),
-    ));
+    out.push(record(Destination::Results, PartitionChoice::ByKey, result));
     Ok(out)
+}
+
+/// The event `text` with `entry` appended to its `results` (added last if
+/// absent) and, if `drop_mime`, its `mime` member left out: the text copied
+/// around the two edits at the offsets of `layout`. `None` if the offsets do
+/// not fit the text.
+fn write_at(text: &[u8], layout: &Layout, entry: &str, drop_mime: bool) -> Option<Vec<u8>> {
+    let close = text.iter().rposition(|&b| b == b'}')?;
+    let mut edits: SmallVec<[(Range<usize>, bool); 2]> = SmallVec::new();
+    if let Some(mime) = layout.mime.clone().filter(|_| drop_mime) {
+        edits.push((with_separator(text, mime)?, false));
+    }
+    if let Some(results) = layout.results.clone() {
+        edits.push((results, true));
+    }
+    edits.sort_unstable_by_key(|(range, _)| range.start);
+    let mut out = Vec::with_capacity(text.len() + entry.len() + 16);
+    let mut at = 0;
+    for (range, is_results) in edits {
+        out.extend_from_slice(text.get(at..range.start)?);
+        if is_results {
+            append_to_array(&mut out, text.get(range.clone())?, entry);
+        }
+        at = range.end;
+    }
+    if layout.results.is_none() {
+        out.extend_from_slice(text.get(at..close)?);
+        if out.iter().rev().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"results\":");
+        append_to_array(&mut out, b"null", entry);
+        at = close;
+    }
+    out.extend_from_slice(text.get(at..)?);
+    Some(out)
+}
+
+/// A member's span widened to one separating comma: the one after it, or,
+/// for the last member, the one before it.
+fn with_separator(text: &[u8], member: Range<usize>) -> Option<Range<usize>> {
+    let after = member.end
+        + text
+            .get(member.end..)?
+            .iter()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
+    match text.get(after)? {
+        b',' => Some(member.start..after + 1),
+        b'}' => {
+            let before = text
+                .get(..member.start)?
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())?;
+            match text[before] {
+                b',' => Some(before..member.end),
+                b'{' => Some(member),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// The dead letter of an invalid event: the input value unchanged, its
@@ -479,7 +561,7 @@ impl<'t> TopLevel<'t> {
             out.extend_from_slice(key.get().as_bytes());
             out.push(b':');
             if self.results == Some(index) {
-                append_to_array(&mut out, value.get(), entry);
+                append_to_array(&mut out, value.get().as_bytes(), entry);
             } else {
                 out.extend_from_slice(value.get().as_bytes());
             }
@@ -487,7 +569,7 @@ impl<'t> TopLevel<'t> {
         if self.results.is_none() {
             separator(&mut out);
             out.extend_from_slice(b"\"results\":");
-            append_to_array(&mut out, "null", entry);
+            append_to_array(&mut out, b"null", entry);
         }
         out.push(b'}');
         out
@@ -496,14 +578,14 @@ impl<'t> TopLevel<'t> {
 
 /// Writes `array` (raw JSON text of an array, or `null` for none) with
 /// `entry` as its new last element; existing elements keep their raw text.
-fn append_to_array(out: &mut Vec<u8>, array: &str, entry: &str) {
+fn append_to_array(out: &mut Vec<u8>, array: &[u8], entry: &str) {
     let body = array
-        .strip_prefix('[')
-        .and_then(|a| a.strip_suffix(']'))
-        .filter(|body| !body.trim_matches(JSON_WHITESPACE).is_empty());
+        .strip_prefix(b"[")
+        .and_then(|a| a.strip_suffix(b"]"))
+        .filter(|body| !body.trim_ascii().is_empty());
     match body {
         Some(_) => {
-            out.extend_from_slice(&array.as_bytes()[..array.len() - 1]);
+            out.extend_from_slice(&array[..array.len() - 1]);
             out.push(b',');
         }
         None => out.push(b'['),
@@ -511,8 +593,6 @@ fn append_to_array(out: &mut Vec<u8>, array: &str, entry: &str) {
     out.extend_from_slice(entry.as_bytes());
     out.push(b']');
 }
-
-const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
 
 /// Whether a raw JSON key (quotes included) names `name`, escapes decoded:
 /// `"mi\u006de"` is `mime`.
@@ -654,10 +734,67 @@ mod tests {
         record.headers().map(|(n, _)| n.to_owned()).collect()
     }
 
+    /// `text` without JSON whitespace outside strings.
+    fn compact(text: &[u8]) -> Vec<u8> {
+        let (mut out, mut in_string, mut escaped) = (Vec::new(), false, false);
+        for &b in text {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+            } else if b == b'"' {
+                in_string = true;
+            } else if b.is_ascii_whitespace() {
+                continue;
+            }
+            out.push(b);
+        }
+        out
+    }
+
+    /// [`stopped`] reading the value again; when the value has a layout,
+    /// checked to give the same records as [`stopped`] writing at its
+    /// offsets, but for whitespace between members (which the layout keeps).
+    fn stopped_both<'a>(
+        input: &'a Input<'_>,
+        rule: &Rule,
+        outcome: Outcome,
+        meta: &Meta<'_>,
+    ) -> Result<Outputs<'a>, Invalid> {
+        let reread = stopped(input, None, rule, outcome, meta);
+        let layout = input
+            .value
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(Layout::find);
+        if let (Ok(reread), Some(layout)) = (&reread, layout) {
+            let at = stopped(input, Some(&layout), rule, outcome, meta).unwrap();
+            assert_eq!(at.len(), reread.len());
+            let value = input.value.unwrap();
+            for (at, reread) in at.iter().zip(reread) {
+                let (a, r) = (
+                    at.value.as_deref().unwrap(),
+                    reread.value.as_deref().unwrap(),
+                );
+                assert_eq!(compact(a), compact(r), "{}", String::from_utf8_lossy(value));
+                if compact(value) == value {
+                    assert_eq!(a, r);
+                }
+                assert_eq!(at.destination, reread.destination);
+                assert_eq!(at.partition, reread.partition);
+                assert!(at.headers().eq(reread.headers()));
+            }
+        }
+        reread
+    }
+
     /// The single results record of a failed event.
     fn failed(value: &str) -> String {
         let input = input(value.as_bytes(), vec![]);
-        let out = stopped(
+        let out = stopped_both(
             &input,
             &cancel_x(),
             Outcome::Failed,
@@ -768,7 +905,13 @@ mod tests {
             matched: [&b, &a].into_iter().collect(),
         };
         let input = input(br#"{"recipient":"a@b.c"}"#, vec![]);
-        let out = outputs(&input, &decision, &meta(Partitioning::Same)).unwrap();
+        let out = outputs(
+            &input,
+            &Event::parse(input.value.unwrap(), usize::MAX).unwrap(),
+            &decision,
+            &meta(Partitioning::Same),
+        )
+        .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].destination, Destination::Forward);
         assert_eq!(
@@ -802,7 +945,7 @@ mod tests {
     fn result_entry_status_is_null_without_one_and_source_api() {
         let input = input(br#"{"recipient":"a@b.c"}"#, vec![]);
         let rule = rule("api-0123", 451, None, Source::Api);
-        let out = stopped(&input, &rule, Outcome::Failed, &meta(Partitioning::Same)).unwrap();
+        let out = stopped_both(&input, &rule, Outcome::Failed, &meta(Partitioning::Same)).unwrap();
         let value: serde_json::Value =
             serde_json::from_slice(out[0].value.as_deref().unwrap()).unwrap();
         let entry = &value["results"][0];
@@ -817,10 +960,92 @@ mod tests {
         let input = input(br#"{"recipient":"a@b.c"}"#, vec![]);
         let mut rule = cancel_x();
         rule.description = r#"say "no" \ stop – für immer"#.into();
-        let out = stopped(&input, &rule, Outcome::Failed, &meta(Partitioning::Same)).unwrap();
+        let out = stopped_both(&input, &rule, Outcome::Failed, &meta(Partitioning::Same)).unwrap();
         let value: serde_json::Value =
             serde_json::from_slice(out[0].value.as_deref().unwrap()).unwrap();
         assert_eq!(value["results"][0]["description"], rule.description);
+    }
+
+    /// The records of a failed and of a deferred decision on `value`, written
+    /// at the offsets its parse found.
+    fn at_layout(value: &str) -> (String, String, String) {
+        let input = input(value.as_bytes(), vec![]);
+        let event = Event::parse(value.as_bytes(), usize::MAX).unwrap();
+        let layout = event.layout.as_ref().expect("one mime at most");
+        let meta = meta(Partitioning::Same);
+        let failed = stopped(&input, Some(layout), &cancel_x(), Outcome::Failed, &meta).unwrap();
+        let deferred = stopped(&input, Some(layout), &defer_x(), Outcome::Deferred, &meta).unwrap();
+        (
+            text(&failed[0]).to_owned(),
+            text(&deferred[0]).to_owned(),
+            text(&deferred[1]).to_owned(),
+        )
+    }
+
+    #[test]
+    fn written_at_the_layout_the_text_between_members_is_kept() {
+        let entry = defer_entry();
+        let value = "{ \"recipient\" : \"a@b.c\" ,\n \"mime\" : \"m\" , \"results\" : [ 1 ] }\n";
+        let (failed, retry, result) = at_layout(value);
+        assert_eq!(
+            failed,
+            format!("{{ \"recipient\" : \"a@b.c\" ,\n  \"results\" : [ 1 ,{ENTRY}] }}\n")
+        );
+        assert_eq!(
+            retry,
+            format!(
+                "{{ \"recipient\" : \"a@b.c\" ,\n \"mime\" : \"m\" , \"results\" : [ 1 ,{entry}] }}\n"
+            )
+        );
+        assert_eq!(
+            result,
+            format!("{{ \"recipient\" : \"a@b.c\" ,\n  \"results\" : [ 1 ,{entry}] }}\n")
+        );
+        // mime last, first, alone with the recipient; results absent or null.
+        let cases = [
+            (
+                r#"{"recipient":"a@b.c", "mime":"m" }"#,
+                format!(r#"{{"recipient":"a@b.c" ,"results":[{ENTRY}]}}"#),
+            ),
+            (
+                r#"{ "mime":"m","recipient":"a@b.c"}"#,
+                format!(r#"{{ "recipient":"a@b.c","results":[{ENTRY}]}}"#),
+            ),
+            (
+                r#"{"mime":"m" , "recipient":"a@b.c","results":null}"#,
+                format!(r#"{{ "recipient":"a@b.c","results":[{ENTRY}]}}"#),
+            ),
+            (
+                r#"{"results":[],"mi\u006de":{"mime":1},"recipient":"a@b.c"}"#,
+                format!(r#"{{"results":[{ENTRY}],"recipient":"a@b.c"}}"#),
+            ),
+            (
+                r#"{"recipient":"a@b.c","results":[{"a":[]}] ,"mime":"m"}"#,
+                format!(r#"{{"recipient":"a@b.c","results":[{{"a":[]}},{ENTRY}] }}"#),
+            ),
+        ];
+        for (value, want) in cases {
+            assert_eq!(at_layout(value).0, want, "{value}");
+        }
+    }
+
+    #[test]
+    fn an_event_with_two_mimes_is_read_again_and_loses_both() {
+        let value = br#"{"recipient":"a@b.c","mime":"a","mi\u006de":"b"}"#;
+        let event = Event::parse(value, usize::MAX).unwrap();
+        assert_eq!(event.layout, None);
+        let input = input(value, vec![]);
+        let rule = cancel_x();
+        let decision = Decision {
+            outcome: Outcome::Failed,
+            rule: Some(&rule),
+            matched: [&rule].into_iter().collect(),
+        };
+        let out = outputs(&input, &event, &decision, &meta(Partitioning::Same)).unwrap();
+        assert_eq!(
+            text(&out[0]),
+            format!(r#"{{"recipient":"a@b.c","results":[{ENTRY}]}}"#)
+        );
     }
 
     #[test]
@@ -904,10 +1129,10 @@ mod tests {
     #[test]
     fn a_result_record_is_an_event_with_one_more_attempt() {
         let value = br#"{"recipient":"a@b.c","maxattempts":3,"results":[{"code":421}]}"#;
-        let before = Event::parse(value, usize::MAX).unwrap().attempts;
+        let before = Event::parse(value, usize::MAX).unwrap().attempts();
         let result = failed(std::str::from_utf8(value).unwrap());
         let after = Event::parse(result.as_bytes(), usize::MAX).unwrap();
-        assert_eq!(after.attempts, before + 1);
+        assert_eq!(after.attempts(), before + 1);
         assert_eq!(after.max_attempts, 3);
     }
 
@@ -915,7 +1140,7 @@ mod tests {
     fn failed_gives_one_result_record_by_key() {
         let headers = vec![("trace", Some(&b"1"[..])), ("trace", None)];
         let input = input(br#"{"recipient":"a@b.c"}"#, headers);
-        let out = stopped(
+        let out = stopped_both(
             &input,
             &cancel_x(),
             Outcome::Failed,
@@ -957,7 +1182,13 @@ mod tests {
             (Partitioning::Same, PartitionChoice::Same(3)),
             (Partitioning::Key, PartitionChoice::ByKey),
         ] {
-            let out = outputs(&input, &decision, &meta(partitioning)).unwrap();
+            let out = outputs(
+                &input,
+                &Event::parse(input.value.unwrap(), usize::MAX).unwrap(),
+                &decision,
+                &meta(partitioning),
+            )
+            .unwrap();
             assert_eq!(out.len(), 2);
             let (retry, result) = (&out[0], &out[1]);
             assert_eq!(retry.destination, Destination::Retry);
@@ -989,7 +1220,13 @@ mod tests {
             rule: Some(&rule),
             matched: [&rule].into_iter().collect(),
         };
-        let out = outputs(&input, &decision, &meta(Partitioning::Key)).unwrap();
+        let out = outputs(
+            &input,
+            &Event::parse(input.value.unwrap(), usize::MAX).unwrap(),
+            &decision,
+            &meta(Partitioning::Key),
+        )
+        .unwrap();
         let destinations: Vec<Destination> = out.iter().map(|r| r.destination).collect();
         assert_eq!(destinations, [Destination::Results]);
     }
@@ -1011,7 +1248,7 @@ mod tests {
         for (value, reason) in cases {
             let mut input = input(b"", vec![]);
             input.value = value;
-            let err = stopped(
+            let err = stopped_both(
                 &input,
                 &cancel_x(),
                 Outcome::Failed,
@@ -1121,8 +1358,8 @@ mod tests {
             detail: "x".into(),
         };
         let mut records = vec![forward(&input, &["s"], &meta)];
-        records.extend(stopped(&input, &rule, Outcome::Deferred, &meta).unwrap());
-        records.extend(stopped(&input, &rule, Outcome::Failed, &meta).unwrap());
+        records.extend(stopped_both(&input, &rule, Outcome::Deferred, &meta).unwrap());
+        records.extend(stopped_both(&input, &rule, Outcome::Failed, &meta).unwrap());
         records.push(dead_letter(&input, &invalid));
         records.push(dead_letter(&input, &invalid).without_value());
         records.push(dead_letter_unproducible(&input, Destination::Forward, "e"));
@@ -1144,7 +1381,7 @@ mod tests {
         let input = input(b"{}", vec![]);
         let mut meta = meta(Partitioning::Same);
         meta.now = "1999-12-31T23:59:59.999Z".parse().unwrap();
-        let out = stopped(&input, &cancel_x(), Outcome::Failed, &meta).unwrap();
+        let out = stopped_both(&input, &cancel_x(), Outcome::Failed, &meta).unwrap();
         let value: serde_json::Value =
             serde_json::from_slice(out[0].value.as_deref().unwrap()).unwrap();
         assert_eq!(value["results"][0]["time"], "1999-12-31 23:59:59");

@@ -400,7 +400,7 @@ impl RuleSet {
 /// A 4xx deferral becomes a failure once the event's time or attempts are up.
 fn deferral_is_final(event: &Event<'_>, now: DateTime<Utc>) -> bool {
     event.max_deliver_time.is_some_and(|t| now.timestamp() >= t)
-        || (event.max_attempts > 0 && event.attempts >= event.max_attempts)
+        || (event.max_attempts > 0 && event.attempts() >= event.max_attempts)
 }
 
 fn lookup_domain(
