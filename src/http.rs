@@ -132,6 +132,7 @@ async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
         "kafka": {
             "connected": pipeline.kafka_connected,
             "last_error": pipeline.last_kafka_error,
+            "last_error_at": pipeline.last_kafka_error_at,
             "assigned_partitions": pipeline.assigned,
             "lag": pipeline.lag,
             "partition_errors": pipeline.partition_errors,

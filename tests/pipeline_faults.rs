@@ -177,6 +177,8 @@ fn a_kafka_that_does_not_answer_at_start_is_waited_for_and_sigterm_still_exits_0
     )
     .expect("config file");
     let log = setup.dir.path().join("unreachable.log");
+    // Truncated as /status writes it, to milliseconds.
+    let started = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3);
     let mut bouncer = Bouncer::spawn(&config, port, &log, "unreachable");
 
     // The first check waits up to 15 s for an answer, then says so and
@@ -207,6 +209,14 @@ fn a_kafka_that_does_not_answer_at_start_is_waited_for_and_sigterm_still_exits_0
     let status = bouncer.status().expect("/status answers while waiting");
     let last_error = status["kafka"]["last_error"].as_str().unwrap_or_default();
     assert!(last_error.contains("cannot reach Kafka"), "{status}");
+    // With when it happened, so an old error is not taken for a current one.
+    let at = status["kafka"]["last_error_at"]
+        .as_str()
+        .unwrap_or_default();
+    let at = chrono::DateTime::parse_from_rfc3339(at)
+        .unwrap_or_else(|e| panic!("last_error_at is not RFC 3339 ({e}): {status}"))
+        .with_timezone(&chrono::Utc);
+    assert!(started <= at && at <= chrono::Utc::now(), "{status}");
     assert_eq!(bouncer.get("/healthz").map(|(code, _)| code), Some(200));
     assert_eq!(
         bouncer.get("/readyz").map(|(code, _)| code),

@@ -79,6 +79,10 @@ const DELIVERY_WAIT_STEP: Duration = Duration::from_micros(200);
 pub struct PipelineStatus {
     pub kafka_connected: bool,
     pub last_kafka_error: Option<String>,
+    /// When `last_kafka_error` happened (UTC, RFC 3339): an error stays
+    /// shown after the client recovers, so that one seen minutes ago is not
+    /// taken for a current one.
+    pub last_kafka_error_at: Option<String>,
     pub assigned: Vec<i32>,
     /// Partitions paused because of a produce error, with the error.
     pub partition_errors: BTreeMap<i32, String>,
@@ -115,6 +119,14 @@ impl Default for Shared {
     }
 }
 
+impl PipelineStatus {
+    fn kafka_error(&mut self, error: String) {
+        self.last_kafka_error = Some(error);
+        self.last_kafka_error_at =
+            Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    }
+}
+
 impl Shared {
     pub fn status(&self) -> PipelineStatus {
         self.lock().clone()
@@ -136,7 +148,7 @@ impl Shared {
 
     /// The last Kafka error, as `/status` shows it.
     pub fn kafka_error(&self, error: String) {
-        self.lock().last_kafka_error = Some(error);
+        self.lock().kafka_error(error);
     }
 
     fn lock(&self) -> MutexGuard<'_, PipelineStatus> {
@@ -366,7 +378,7 @@ impl ClientContext for ConsumerCtx {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "kafka consumer error");
         let mut status = self.shared.lock();
-        status.last_kafka_error = Some(format!("{error}: {reason}"));
+        status.kafka_error(format!("{error}: {reason}"));
         if matches!(
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::AllBrokersDown)
@@ -1012,7 +1024,7 @@ impl Loop<'_> {
             consumed = self.summary.consumed,
             "pipeline stopped after a fatal error; uncommitted events are processed again"
         );
-        self.shared.lock().last_kafka_error = Some(why.to_owned());
+        self.shared.lock().kafka_error(why.to_owned());
     }
 
     fn produce(
@@ -1297,7 +1309,7 @@ impl Loop<'_> {
 
     fn consumer_error(&mut self, error: KafkaError) {
         tracing::warn!(error = %error, "consumer error");
-        self.shared.lock().last_kafka_error = Some(error.to_string());
+        self.shared.lock().kafka_error(error.to_string());
         if let KafkaError::PartitionEOF(_) = error {
             return;
         }
