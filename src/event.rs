@@ -255,11 +255,10 @@ struct RawFields<'a> {
     max_deliver_time: Option<Cow<'a, str>>,
     max_attempts: Option<u64>,
     results: Option<&'a str>,
-    results_span: Option<Range<usize>>,
-    mime: Option<Range<usize>>,
-    /// How many top-level `mime` members, up to 2.
-    mimes: u8,
-    keep_mime: bool,
+    layout: Layout,
+    /// A top-level `mime` member left `layout.mime` unset or unusable: more
+    /// than one, so the record writer reads the event again.
+    no_layout: bool,
 }
 
 impl<'a> RawFields<'a> {
@@ -270,11 +269,7 @@ impl<'a> RawFields<'a> {
     }
 
     fn layout(&self) -> Option<Layout> {
-        (self.mimes <= 1).then(|| Layout {
-            mime: self.mime.clone(),
-            results: self.results_span.clone(),
-            keep_mime: self.keep_mime,
-        })
+        (!self.no_layout).then(|| self.layout.clone())
     }
 
     fn into_event(self) -> Result<Event<'a>, Invalid> {
@@ -415,10 +410,7 @@ fn fixed_layout_time(b: &[u8]) -> Option<NaiveDateTime> {
 /// top-level value other than an object is.
 fn parse_top(text: &str, careful: bool) -> Result<Top<'_>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let first = text
-        .trim_start_matches([' ', '\t', '\n', '\r'])
-        .bytes()
-        .next();
+    let first = text.trim_start_matches(JSON_WHITESPACE).bytes().next();
     let top = match first {
         Some(first) if careful && first != b'{' => {
             <IgnoredAny as de::Deserialize>::deserialize(&mut de)?;
@@ -496,13 +488,13 @@ impl<'de> Visitor<'de> for TopVisitor<'de> {
                 match &*key.0 {
                     "mime" => {
                         let raw = map.next_value::<&RawValue>()?.get();
-                        fields.mimes = fields.mimes.saturating_add(1).min(2);
-                        fields.mime = self.member(raw);
-                        if fields.mime.is_none() {
-                            fields.mimes = 2;
-                        }
+                        let first = fields.layout.mime.is_none();
+                        fields.layout.mime = self.member(raw);
+                        fields.no_layout |= !first || fields.layout.mime.is_none();
                     }
-                    "keepmime" => fields.keep_mime = map.next_value::<&RawValue>()?.get() == "true",
+                    "keepmime" => {
+                        fields.layout.keep_mime = map.next_value::<&RawValue>()?.get() == "true";
+                    }
                     _ => {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -560,7 +552,7 @@ impl<'de> Visitor<'de> for TopVisitor<'de> {
                     let raw = map.next_value::<&RawValue>()?.get();
                     let start = self.offset(raw);
                     if raw.starts_with('[') || raw == "null" {
-                        fields.results_span = Some(start..start + raw.len());
+                        fields.layout.results = Some(start..start + raw.len());
                         fields.results = raw.starts_with('[').then_some(raw);
                     } else {
                         fields.fail(wrong(kind_of(raw), "an array"));

@@ -305,9 +305,10 @@ pub fn stopped<'a>(
     // The retry record keeps `mime`; the result record keeps it if the event
     // says so.
     let at_layout = layout.and_then(|layout| {
-        let retry = match deferred {
-            true => Some(write_at(bytes, layout, &entry, false)?),
-            false => None,
+        let retry = if deferred {
+            Some(write_at(bytes, layout, &entry, false)?)
+        } else {
+            None
         };
         Some((retry, write_at(bytes, layout, &entry, !layout.keep_mime)?))
     });
