@@ -31,7 +31,9 @@
 //! once, offsets are committed every `commit_interval` up to the last
 //! acknowledged record of each partition; exactly once, a transaction per
 //! `transaction_interval` (or `transaction_max_events`) with the offsets
-//! sent in it.
+//! sent in it. It runs on bouncer's allocator (jemalloc for the whole
+//! process, `bouncer::alloc`), configured the same way, so that the
+//! comparison is of the work done, not of the allocators.
 //!
 //! `scripts/bench-e2e.sh` builds, starts a broker, runs this and stops it;
 //! method and figures are in BENCHMARKS.md. Options: `--help`.
@@ -82,12 +84,20 @@ const NOISY_PCT: f64 = 15.0;
 /// Give up on a phase that makes no progress for this long.
 const STUCK: Duration = Duration::from_secs(120);
 
+/// bouncer's allocator, for the baseline (and the driver) as for bouncer.
+#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOCATOR: bouncer::alloc::Jemalloc = bouncer::alloc::Jemalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
     if args.first().map(String::as_str) == Some("baseline") {
+        if let Err(e) = bouncer::alloc::configure() {
+            eprintln!("baseline: {e}");
+        }
         baseline::main(&args[1..]);
         return;
     }

@@ -2,6 +2,7 @@
 //! forced-error rules. See `README.md` for the map of the code.
 #![forbid(unsafe_code)]
 
+pub mod alloc;
 pub mod api;
 pub mod config;
 pub mod control;

@@ -14,6 +14,11 @@ use bouncer::run::RunError;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
+/// jemalloc for the whole process (src/alloc.rs).
+#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOCATOR: bouncer::alloc::Jemalloc = bouncer::alloc::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "bouncer",
@@ -102,6 +107,10 @@ fn run(config: Option<PathBuf>) -> ExitCode {
         }
     };
     let _logs = logging::init(config.log_format, "info,librdkafka=warn");
+    match bouncer::alloc::configure() {
+        Ok(allocator) => tracing::debug!(allocator, "memory allocator"),
+        Err(e) => tracing::warn!(error = %e, "memory allocator"),
+    }
     match bouncer::run::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(RunError::Config(e)) => {
