@@ -37,6 +37,11 @@ COPY --from=build /out/bouncer /usr/local/bin/bouncer
 # own rules (the Helm chart does). Nothing sets BOUNCER_* variables here,
 # since they would override the mounted configuration file.
 COPY rules /usr/share/bouncer/examples/rules
+# jemalloc (bouncer's allocator) would size its arenas by the node's CPUs,
+# not the container's limit: two arenas and one background thread that
+# returns freed memory, as measured in BENCHMARKS.md. Override to tune
+# (docs/operations.md, "Allocator").
+ENV MALLOC_CONF=narenas:2,background_thread:true,max_background_threads:1
 # A numeric non-root user, as Kubernetes' runAsNonRoot can verify it; no
 # shell is needed at run time (exec-form ENTRYPOINT).
 USER 65532:65532

@@ -6,9 +6,10 @@ or blocked (sleeping, waiting for I/O or a lock), from the kernel's
 Samples every 250 ms the processes whose command line matches PATTERN (as
 `pgrep -f`), counts only the intervals in which a process used more than half a
 core (a drain, not its start-up), and prints one line per thread when every
-matched process has exited or after --seconds.
+matched process has been gone for --quiet seconds (default 10: the bench
+starts bouncer a few seconds after the baseline exits) or after --seconds.
 
-usage: scripts/thread-cpu.py PATTERN [--seconds N]
+usage: scripts/thread-cpu.py PATTERN [--seconds N] [--quiet N]
 e.g.   scripts/thread-cpu.py 'release/bouncer run' &   # then run a drain:
        scripts/bench-e2e.sh --keep-broker --modes alo --latency-secs 0 \\
            --reload-swaps 0 --memory-events 0 --events 1000000
@@ -22,8 +23,8 @@ import time
 
 def matching(pattern):
     out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
-    me = str(os.getpid())
-    return [p for p in out.split() if p != me]
+    mine = {str(os.getpid()), str(os.getppid())}
+    return [p for p in out.split() if p not in mine]
 
 
 def threads(pid):
@@ -49,21 +50,23 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("pattern")
     ap.add_argument("--seconds", type=float, default=3600)
+    ap.add_argument("--quiet", type=float, default=10)
     args = ap.parse_args()
     previous = {}  # pid -> (time, threads)
     totals = {}  # (pid, tid) -> [name, run, wait, wall, slices]
-    seen = False
+    last_seen = None
     deadline = time.monotonic() + args.seconds
     while time.monotonic() < deadline:
         pids = matching(args.pattern)
-        if seen and not pids:
-            break
         now = time.monotonic()
+        if pids:
+            last_seen = now
+        elif last_seen is not None and now - last_seen > args.quiet:
+            break
         for pid in pids:
             current = threads(pid)
             if current is None:
                 continue
-            seen = True
             if pid in previous:
                 then, before = previous[pid]
                 wall = (now - then) * 1e9

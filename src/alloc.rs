@@ -16,9 +16,11 @@ pub use tikv_jemallocator::Jemalloc;
 /// Turns on one jemalloc background thread, which returns freed memory to
 /// the system on time even while the process is idle (without it, unused
 /// pages are purged only when the process allocates again). Left alone when
-/// `MALLOC_CONF` is set: then jemalloc is configured by the operator. Call
-/// first thing in `main`. Returns what was done, for the log; an error only
-/// if jemalloc refused (the process runs on regardless).
+/// `MALLOC_CONF` is set: then jemalloc is configured by the operator (the
+/// container image sets it, to also cap the arenas; see the Dockerfile).
+/// Call early in `main`, before the pipeline starts; jemalloc starts the
+/// thread whenever it is called. Returns what was done, for the log; an
+/// error only if jemalloc refused (the process runs on regardless).
 pub fn configure() -> Result<&'static str, String> {
     #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
     {
