@@ -18,6 +18,10 @@ RUN apt-get update \
 WORKDIR /src
 # Cargo.toml names the benches, so they must be present for the manifest to load.
 COPY Cargo.toml Cargo.lock ./
+# .cargo/config.toml builds jemalloc's defaults into the binary (two arenas,
+# one background thread that returns freed memory): jemalloc would otherwise
+# size its arenas by the node's CPUs, not the container's limit.
+COPY .cargo .cargo
 COPY src src
 COPY benches benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -37,11 +41,6 @@ COPY --from=build /out/bouncer /usr/local/bin/bouncer
 # own rules (the Helm chart does). Nothing sets BOUNCER_* variables here,
 # since they would override the mounted configuration file.
 COPY rules /usr/share/bouncer/examples/rules
-# jemalloc (bouncer's allocator) would size its arenas by the node's CPUs,
-# not the container's limit: two arenas and one background thread that
-# returns freed memory, as measured in BENCHMARKS.md. Override to tune
-# (docs/operations.md, "Allocator").
-ENV MALLOC_CONF=narenas:2,background_thread:true,max_background_threads:1
 # A numeric non-root user, as Kubernetes' runAsNonRoot can verify it; no
 # shell is needed at run time (exec-form ENTRYPOINT).
 USER 65532:65532

@@ -13,25 +13,36 @@
 #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
 pub use tikv_jemallocator::Jemalloc;
 
-/// Turns on one jemalloc background thread, which returns freed memory to
-/// the system on time even while the process is idle (without it, unused
-/// pages are purged only when the process allocates again). Left alone when
-/// `MALLOC_CONF` is set: then jemalloc is configured by the operator (the
-/// container image sets it, to also cap the arenas; see the Dockerfile).
-/// Call early in `main`, before the pipeline starts; jemalloc starts the
-/// thread whenever it is called. Returns what was done, for the log; an
-/// error only if jemalloc refused (the process runs on regardless).
-pub fn configure() -> Result<&'static str, String> {
+/// Makes sure jemalloc returns freed memory on time, and says how it is
+/// set up, for the log. The repository's `.cargo/config.toml` builds
+/// jemalloc's defaults into the binary: two arenas and one background
+/// thread, which returns freed pages to the system even while the process
+/// is idle (without it, unused pages are purged only when the process
+/// allocates again). A binary built without that file gets the background
+/// thread here, unless `MALLOC_CONF` is set: then jemalloc is configured by
+/// the operator. Call early in `main`, before the pipeline starts. An error
+/// only if jemalloc refused (the process runs on regardless).
+pub fn configure() -> Result<String, String> {
     #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
     {
-        if std::env::var_os("MALLOC_CONF").is_some() {
-            return Ok("jemalloc, configured by MALLOC_CONF");
+        use tikv_jemalloc_ctl::{background_thread, max_background_threads, opt};
+        let by_operator = std::env::var_os("MALLOC_CONF").is_some();
+        let running = background_thread::read().map_err(|e| e.to_string())?;
+        if !running && !by_operator {
+            max_background_threads::write(1)
+                .and_then(|()| background_thread::write(true))
+                .map_err(|e| format!("cannot start jemalloc's background thread: {e}"))?;
         }
-        tikv_jemalloc_ctl::max_background_threads::write(1)
-            .and_then(|()| tikv_jemalloc_ctl::background_thread::write(true))
-            .map_err(|e| format!("cannot start jemalloc's background thread: {e}"))?;
-        Ok("jemalloc with a background thread")
+        // The arenas threads are spread over (jemalloc keeps one more for
+        // allocations of 8 MiB and over).
+        let arenas = opt::narenas::read().map_err(|e| e.to_string())?;
+        let purging = match background_thread::read().map_err(|e| e.to_string())? {
+            true => "a background thread",
+            false => "no background thread",
+        };
+        let source = if by_operator { ", MALLOC_CONF set" } else { "" };
+        Ok(format!("jemalloc, {arenas} arenas, {purging}{source}"))
     }
     #[cfg(not(all(feature = "jemalloc", target_os = "linux", target_env = "gnu")))]
-    Ok("the system allocator")
+    Ok("the system allocator".to_owned())
 }

@@ -108,7 +108,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     };
     let _logs = logging::init(config.log_format, "info,librdkafka=warn");
     match bouncer::alloc::configure() {
-        Ok(allocator) => tracing::info!(allocator, "memory allocator"),
+        Ok(allocator) => tracing::info!(allocator = %allocator, "memory allocator"),
         Err(e) => tracing::warn!(error = %e, "memory allocator"),
     }
     match bouncer::run::run(config) {
