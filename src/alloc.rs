@@ -33,12 +33,13 @@ pub fn configure() -> Result<String, String> {
                 .and_then(|()| background_thread::write(true))
                 .map_err(|e| format!("cannot start jemalloc's background thread: {e}"))?;
         }
-        // The arenas threads are spread over (jemalloc keeps one more for
-        // allocations of 8 MiB and over).
+        // The arenas that threads are spread over (jemalloc keeps one more
+        // for allocations of 8 MiB and over).
         let arenas = opt::narenas::read().map_err(|e| e.to_string())?;
-        let purging = match background_thread::read().map_err(|e| e.to_string())? {
-            true => "a background thread",
-            false => "no background thread",
+        let purging = if background_thread::read().map_err(|e| e.to_string())? {
+            "a background thread"
+        } else {
+            "no background thread"
         };
         let source = if by_operator { ", MALLOC_CONF set" } else { "" };
         Ok(format!("jemalloc, {arenas} arenas, {purging}{source}"))
