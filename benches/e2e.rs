@@ -84,11 +84,6 @@ const NOISY_PCT: f64 = 15.0;
 /// Give up on a phase that makes no progress for this long.
 const STUCK: Duration = Duration::from_secs(120);
 
-/// bouncer's allocator, for the baseline (and the driver) as for bouncer.
-#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
-#[global_allocator]
-static ALLOCATOR: bouncer::alloc::Jemalloc = bouncer::alloc::Jemalloc;
-
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)

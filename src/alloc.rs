@@ -5,13 +5,15 @@
 //! delivery reports, freed hundreds at a time; glibc's allocator spent a
 //! fifth of the pipeline thread on them (BENCHMARKS.md, "Tuning").
 //!
-//! The binaries (`bouncer`, the end-to-end bench's baseline) declare it as
-//! their global allocator under the default `jemalloc` feature; builds that
-//! bring their own allocator, such as the fuzz targets' sanitizer, turn the
-//! feature off.
+//! Declared here, once, as the global allocator of every binary that links
+//! this library with the default `jemalloc` feature (`bouncer`, the
+//! end-to-end bench's baseline, the tests): its unprefixed `malloc` is
+//! theirs anyway. Builds that bring their own allocator, such as the fuzz
+//! targets' sanitizer, turn the feature off.
 
 #[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
-pub use tikv_jemallocator::Jemalloc;
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Makes sure jemalloc returns freed memory on time, and says how it is
 /// set up, for the log. The repository's `.cargo/config.toml` builds
@@ -27,16 +29,17 @@ pub fn configure() -> Result<String, String> {
     {
         use tikv_jemalloc_ctl::{background_thread, max_background_threads, opt};
         let by_operator = std::env::var_os("MALLOC_CONF").is_some();
-        let running = background_thread::read().map_err(|e| e.to_string())?;
+        let mut running = background_thread::read().map_err(|e| e.to_string())?;
         if !running && !by_operator {
             max_background_threads::write(1)
                 .and_then(|()| background_thread::write(true))
                 .map_err(|e| format!("cannot start jemalloc's background thread: {e}"))?;
+            running = true;
         }
         // The arenas that threads are spread over (jemalloc keeps one more
         // for allocations of 8 MiB and over).
         let arenas = opt::narenas::read().map_err(|e| e.to_string())?;
-        let purging = if background_thread::read().map_err(|e| e.to_string())? {
+        let purging = if running {
             "a background thread"
         } else {
             "no background thread"

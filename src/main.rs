@@ -14,11 +14,6 @@ use bouncer::run::RunError;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 
-/// jemalloc for the whole process (src/alloc.rs).
-#[cfg(all(feature = "jemalloc", target_os = "linux", target_env = "gnu"))]
-#[global_allocator]
-static ALLOCATOR: bouncer::alloc::Jemalloc = bouncer::alloc::Jemalloc;
-
 #[derive(Parser)]
 #[command(
     name = "bouncer",
