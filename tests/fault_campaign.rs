@@ -48,15 +48,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kafka_support::{
-    Bouncer, FEED_RULES, Feed, FeedProgress, Isolation, Rec, Setup, bootstrap, broker_is_managed,
-    kafka_sh, metric, scan_topic, serial, serial_exclusive_on_broker, stable_and_high_offsets,
-    wait_committed_to_end,
+    Bouncer, FEED_RULES, Feed, FeedProgress, Isolation, Rec, Setup, TestProducer, bootstrap,
+    broker_is_managed, kafka_sh, metric, scan_topic, serial, serial_exclusive_on_broker,
+    stable_and_high_offsets, wait_committed_to_end,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 const PARTITIONS: i32 = 6;
 const RULE_ID: &str = "cancel-campaign-x";
+/// The feed producer's librdkafka log, beside the members' logs.
+const FEED_LOG: &str = "feed-producer";
 
 // ---------------------------------------------------------------------------
 // Knobs.
@@ -588,6 +590,16 @@ impl<'s> Fleet<'s> {
         ));
     }
 
+    /// Prints the last 40 lines of log `name`, under `heading`.
+    fn print_tail(&self, name: &str, heading: &str) {
+        let log = fs::read_to_string(self.log_path(name)).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("---- last lines of {heading} ----");
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+    }
+
     /// Keeps every log and configuration file of the campaign where it
     /// survives the test; returns the directory.
     fn keep_logs(&self) -> Option<PathBuf> {
@@ -622,12 +634,10 @@ impl Drop for Fleet<'_> {
             .iter()
             .filter(|m| m.process.is_none() && m.starts > 0)
         {
-            let log = fs::read_to_string(self.log_path(&m.name)).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- last lines of {} (no longer running) ----", m.name);
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+            self.print_tail(&m.name, &format!("{} (no longer running)", m.name));
+        }
+        if self.feed.is_some() {
+            self.print_tail(FEED_LOG, "the feed producer's librdkafka log");
         }
         if let Some(dir) = self.keep_logs() {
             eprintln!(
@@ -900,7 +910,9 @@ fn fault_campaign() {
         fleet.spawn(i);
     }
     fleet.wait_all_ready("at the start");
-    let feed = Feed::start(&t.input, &setup.name, PARTITIONS, knobs.events, knobs.feed);
+    // Its librdkafka log is kept with the members' (see Fleet's drop).
+    let producer = TestProducer::logging_to(&t.input, &fleet.log_path(FEED_LOG));
+    let feed = Feed::start_with(producer, &setup.name, PARTITIONS, knobs.events, knobs.feed);
     let feed_started = Instant::now();
     fleet.feed = Some(feed.progress());
     fleet.note("feed started");

@@ -363,22 +363,36 @@ pub struct Deliveries {
     pub last_error: Mutex<Option<String>>,
 }
 
-#[derive(Clone, Default)]
-pub struct DeliveryCtx(pub Arc<Deliveries>);
+/// A [`TestProducer`]'s context: counts delivery reports and, if it has a
+/// file, writes librdkafka's log lines there.
+#[derive(Default)]
+pub struct DeliveryCtx {
+    deliveries: Arc<Deliveries>,
+    log: Option<Mutex<fs::File>>,
+}
 
-impl ClientContext for DeliveryCtx {}
+impl ClientContext for DeliveryCtx {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, line: &str) {
+        if let Some(file) = &self.log {
+            let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+            let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = writeln!(file, "{now} {level:?} {fac} {line}");
+        }
+    }
+}
 
 impl ProducerContext for DeliveryCtx {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let d = &self.deliveries;
         match result {
             Ok(_) => {
-                self.0.ok.fetch_add(1, Ordering::Relaxed);
+                d.ok.fetch_add(1, Ordering::Relaxed);
             }
             Err((e, _)) => {
-                self.0.failed.fetch_add(1, Ordering::Relaxed);
-                *self.0.last_error.lock().unwrap() = Some(e.to_string());
+                d.failed.fetch_add(1, Ordering::Relaxed);
+                *d.last_error.lock().unwrap() = Some(e.to_string());
             }
         }
     }
@@ -416,15 +430,37 @@ pub struct TestProducer {
 
 impl TestProducer {
     pub fn new(topic: &str) -> TestProducer {
-        let ctx = DeliveryCtx::default();
-        let deliveries = ctx.0.clone();
-        let producer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+        TestProducer::create(topic, config, DeliveryCtx::default())
+    }
+
+    /// Like [`TestProducer::new`], and writes librdkafka's debug log of the
+    /// connection, metadata and idempotence state (`debug` =
+    /// `broker,topic,metadata,eos`) to `log`: what shows why a producer got
+    /// no acknowledgements after a broker restart.
+    pub fn logging_to(topic: &str, log: &Path) -> TestProducer {
+        let file = fs::File::create(log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let mut config = ClientConfig::new();
+        config
+            .set("debug", "broker,topic,metadata,eos")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+        let ctx = DeliveryCtx {
+            deliveries: Arc::default(),
+            log: Some(Mutex::new(file)),
+        };
+        TestProducer::create(topic, config, ctx)
+    }
+
+    fn create(topic: &str, mut config: ClientConfig, ctx: DeliveryCtx) -> TestProducer {
+        let deliveries = ctx.deliveries.clone();
+        let producer = config
             .set("bootstrap.servers", bootstrap())
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "180000")
             .set("message.max.bytes", "4000000")
-            .set_log_level(rdkafka::config::RDKafkaLogLevel::Error)
             .create_with_context(ctx)
             .expect("producer");
         TestProducer {
@@ -1395,11 +1431,26 @@ impl Feed {
         total: usize,
         duration: Duration,
     ) -> Feed {
+        Feed::start_with(
+            TestProducer::new(topic),
+            prefix,
+            partitions,
+            total,
+            duration,
+        )
+    }
+
+    /// Like [`Feed::start`], with `producer` (and to its topic).
+    pub fn start_with(
+        producer: TestProducer,
+        prefix: &str,
+        partitions: i32,
+        total: usize,
+        duration: Duration,
+    ) -> Feed {
         let sent = Arc::new(AtomicUsize::new(0));
         let counter = sent.clone();
-        let topic = topic.to_owned();
         let prefix = prefix.to_owned();
-        let producer = TestProducer::new(&topic);
         let deliveries = producer.deliveries.clone();
         let handle = std::thread::spawn(move || {
             let started = Instant::now();
