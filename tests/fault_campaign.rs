@@ -42,10 +42,15 @@
 //! Every member's log, the configurations and the feed producer's librdkafka
 //! log (`feed-producer.log`: broker connections, metadata and idempotence
 //! state) are copied to `target/tmp/fault-campaign/<run>/`; when the campaign
-//! fails, their last lines are printed too. The feed's log is there for a
-//! failure seen a few times in CI and not reproduced since: after a graceful
-//! broker restart the feed got no more acknowledgements (every input
-//! partition's high watermark stopped) while every member was healthy.
+//! fails, their last lines are printed too. The feed's log showed why the
+//! feed sometimes got no more acknowledgements after a graceful broker
+//! restart while every member was healthy: a metadata response sent during
+//! the broker's controlled shutdown listed no broker, librdkafka 2.12
+//! dropped the only one it knew and never bootstrapped again ("no usable
+//! brokers"; confluentinc/librdkafka#5301). bouncer restarts its clients
+//! when that happens to them (docs/operations.md, "A client that knows no
+//! broker"); the feed does not, so such a run fails and
+//! `FAULT_CAMPAIGN_ATTEMPTS` runs it again.
 
 mod kafka_support;
 

@@ -23,6 +23,7 @@
 //! with [`PipelineError::Restart`]; the caller starts a new one with new
 //! clients.
 
+mod broker_watch;
 mod fetch_watch;
 pub mod kafka;
 pub mod offsets;
@@ -45,6 +46,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use self::broker_watch::{BrokerWatch, NO_BROKER_TIMEOUT};
 use self::fetch_watch::FetchWatch;
 use self::offsets::{OffsetTracker, Ticket};
 use self::output::{
@@ -191,6 +193,7 @@ struct ProducerCtx {
     /// Delivery reports handled so far, so that serving stops once a poll
     /// finds none.
     reports: AtomicU64,
+    broker_watch: Mutex<BrokerWatch>,
 }
 
 impl ClientContext for ProducerCtx {
@@ -207,6 +210,7 @@ impl ClientContext for ProducerCtx {
 
     fn stats(&self, statistics: Statistics) {
         self.metrics.client_statistics("producer", &statistics);
+        watch_brokers(&self.broker_watch, &self.restart, "producer", &statistics);
     }
 }
 
@@ -303,6 +307,30 @@ fn await_deliveries(producer: &Producer_, max: Duration) {
     }
 }
 
+/// Ends the run when `client` has known no broker for [`NO_BROKER_TIMEOUT`]
+/// (see [`broker_watch`]): its new clients bootstrap again.
+fn watch_brokers(
+    watch: &Mutex<BrokerWatch>,
+    restart: &RestartFlag,
+    client: &str,
+    statistics: &Statistics,
+) {
+    let sources = statistics.brokers.values().map(|b| b.source.as_str());
+    let Some(lasted) = lock(watch).observe(Instant::now(), sources) else {
+        return;
+    };
+    if !restart.is_set() {
+        restart.set(
+            RestartReason::NoBrokers,
+            format!(
+                "the Kafka {client} has known no broker for {} s: librdkafka dropped every \
+                 broker after a metadata response that listed none (confluentinc/librdkafka#5301)",
+                lasted.as_secs()
+            ),
+        );
+    }
+}
+
 struct ConsumerCtx {
     tracker: Arc<Mutex<OffsetTracker>>,
     producer: Arc<Producer_>,
@@ -315,11 +343,13 @@ struct ConsumerCtx {
     transactions: Option<Arc<Transactions>>,
     restart: Arc<RestartFlag>,
     fetch_watch: Mutex<FetchWatch>,
+    broker_watch: Mutex<BrokerWatch>,
 }
 
 impl ClientContext for ConsumerCtx {
     fn stats(&self, statistics: Statistics) {
         self.metrics.client_statistics("consumer", &statistics);
+        watch_brokers(&self.broker_watch, &self.restart, "consumer", &statistics);
         let mut status = self.shared.lock();
         status.kafka_connected = statistics.brokers.values().any(|b| b.state == "UP");
         let topic = statistics.topics.get(&self.input_topic);
@@ -539,14 +569,19 @@ pub enum RestartReason {
     /// `fetch_start_timeout` (see [`fetch_watch`]). The clients still work:
     /// the run ends with a normal shutdown (commit, leave the group).
     FetchStuck,
+    /// The consumer or the producer has known no broker for
+    /// [`NO_BROKER_TIMEOUT`] (see [`broker_watch`]); nothing can be
+    /// committed through it.
+    NoBrokers,
 }
 
 impl RestartReason {
-    pub const ALL: [RestartReason; 4] = [
+    pub const ALL: [RestartReason; 5] = [
         RestartReason::Fenced,
         RestartReason::TransactionOutcomeUnknown,
         RestartReason::ProducerFatal,
         RestartReason::FetchStuck,
+        RestartReason::NoBrokers,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -555,6 +590,7 @@ impl RestartReason {
             RestartReason::TransactionOutcomeUnknown => "transaction-outcome-unknown",
             RestartReason::ProducerFatal => "producer-fatal",
             RestartReason::FetchStuck => "fetch-stuck",
+            RestartReason::NoBrokers => "no-brokers",
         }
     }
 }
@@ -663,6 +699,7 @@ pub fn run(
         observe_acks: !exactly_once,
         restart: restart.clone(),
         reports: AtomicU64::new(0),
+        broker_watch: Mutex::new(BrokerWatch::new(NO_BROKER_TIMEOUT)),
     })?);
     let transactions = if exactly_once {
         let timeout = Duration::from_millis(
@@ -707,6 +744,7 @@ pub fn run(
         transactions: transactions.clone(),
         restart: restart.clone(),
         fetch_watch: Mutex::new(FetchWatch::new(fetch_start_timeout)),
+        broker_watch: Mutex::new(BrokerWatch::new(NO_BROKER_TIMEOUT)),
     })?;
     consumer.subscribe(&[&config.topics.input])?;
     shared
