@@ -12,8 +12,7 @@
 //!
 //! The watch reads the brokers listed in a client's statistics. A broker
 //! that is down still counts (librdkafka keeps it and reconnects on its
-//! own); only the internal and logical ones (a coordinator is a role of a
-//! real broker) do not. When a client has known no other broker for
+//! own); a logical one (a coordinator is a role of a real broker) does not. When a client has known no other broker for
 //! [`NO_BROKER_TIMEOUT`], the pipeline restarts with new clients, which
 //! bootstrap from `kafka."bootstrap.servers"` again.
 
@@ -70,8 +69,9 @@ mod tests {
 
     const T: Duration = Duration::from_secs(30);
 
-    /// A consumer's brokers after librdkafka dropped them all: its internal
-    /// broker and the group coordinator's logical one remain.
+    /// A consumer's brokers after librdkafka dropped them all: the group
+    /// coordinator's logical one remains (librdkafka's internal broker is
+    /// never listed, but would not count either).
     const NONE_LEFT: [&str; 2] = ["internal", "logical"];
 
     #[test]

@@ -1540,4 +1540,82 @@ mod tests {
             assert!(out.contains(field), "{field} missing from {out}");
         }
     }
+
+    /// Keeps librdkafka's raw statistics reports.
+    #[derive(Default)]
+    struct RawStats(Mutex<Vec<String>>);
+
+    impl ClientContext for RawStats {
+        fn stats_raw(&self, statistics: &[u8]) {
+            let text = String::from_utf8_lossy(statistics).into_owned();
+            self.0.lock().unwrap().push(text);
+        }
+    }
+
+    impl ProducerContext for RawStats {
+        type DeliveryOpaque = ();
+
+        fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+    }
+
+    /// The broker sources the watch reads are librdkafka's own: a real
+    /// report of a producer on the mock cluster keeps the run going, and the
+    /// same report without its learned broker (what a metadata response
+    /// listing no broker leaves, confluentinc/librdkafka#5301) ends it with
+    /// `no-brokers`.
+    #[test]
+    fn a_client_left_with_no_broker_ends_the_run() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        let producer: BaseProducer<RawStats> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("statistics.interval.ms", "50")
+            .create_with_context(RawStats::default())
+            .expect("producer");
+        producer
+            .send(BaseRecord::<(), [u8]>::to("t").payload(b"x"))
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let report = loop {
+            producer.poll(Duration::from_millis(50));
+            let learned = producer
+                .context()
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find_map(|r| {
+                    let json: serde_json::Value = serde_json::from_str(r).ok()?;
+                    let brokers = json["brokers"].as_object()?;
+                    brokers
+                        .values()
+                        .any(|b| b["source"] == "learned")
+                        .then_some(json)
+                });
+            if let Some(json) = learned {
+                break json;
+            }
+            assert!(Instant::now() < deadline, "no report with a learned broker");
+        };
+        let watch = Mutex::new(BrokerWatch::new(Duration::ZERO));
+        let restart = RestartFlag::default();
+        let statistics: Statistics = serde_json::from_value(report.clone()).expect("statistics");
+        watch_brokers(&watch, &restart, "producer", &statistics);
+        assert!(!restart.is_set(), "{:?}", restart.take());
+
+        let mut stranded = report;
+        let brokers = stranded["brokers"].as_object_mut().expect("brokers");
+        // What is left once librdkafka dropped the brokers: the report
+        // lists neither its internal broker nor, for a producer, any other.
+        brokers.retain(|_, b| b["source"] != "learned" && b["source"] != "configured");
+        let statistics: Statistics = serde_json::from_value(stranded).expect("statistics");
+        watch_brokers(&watch, &restart, "producer", &statistics);
+        let (reason, message) = restart.take().expect("the run ends");
+        assert_eq!(reason, RestartReason::NoBrokers);
+        assert!(
+            message.contains("producer has known no broker"),
+            "{message}"
+        );
+    }
 }
