@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::api::body::rule_json;
 use crate::config::Config;
+use crate::pipeline::broker_watch::BrokerWatch;
 use crate::reload::RuleStore;
 use crate::rules::{Node, Origin, Rule, Source, Value, validate_rule};
 
@@ -108,15 +109,39 @@ impl ControlState {
     }
 }
 
+/// A control client's watch for being left with no broker (see
+/// [`crate::pipeline::broker_watch`]): set once it is, and the client is then
+/// replaced.
+#[derive(Default)]
+struct Stranded {
+    watch: Mutex<BrokerWatch>,
+    stranded: AtomicBool,
+}
+
+impl Stranded {
+    fn observe(&self, statistics: &rdkafka::statistics::Statistics) {
+        let sources = statistics.brokers.values().map(|b| b.source.as_str());
+        if lock(&self.watch).observe(Instant::now(), sources).is_some() {
+            self.stranded.store(true, Ordering::Release);
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.stranded.load(Ordering::Acquire)
+    }
+}
+
 /// Keeps librdkafka's fetch positions, which move past compaction gaps and
 /// transaction markers that no record reports.
 #[derive(Default)]
 struct ControlCtx {
     fetch_positions: Mutex<HashMap<i32, i64>>,
+    stranded: Stranded,
 }
 
 impl rdkafka::client::ClientContext for ControlCtx {
     fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.stranded.observe(&statistics);
         let mut positions = lock(&self.fetch_positions);
         for topic in statistics.topics.values() {
             for (partition, p) in &topic.partitions {
@@ -191,9 +216,24 @@ pub fn parse_record(key: &str, value: &[u8]) -> Result<Rule, String> {
 /// Writes control records with its own idempotent producer (never the
 /// pipeline's).
 pub struct ControlWriter {
-    producer: FutureProducer,
+    client: ClientConfig,
+    /// Replaced when it has been left with no broker; its watch is shared
+    /// with its context (rust-rdkafka hides a future producer's context).
+    producer: Mutex<(Arc<WriterProducer>, Arc<Stranded>)>,
     topic: String,
 }
+
+struct WriterCtx {
+    stranded: Arc<Stranded>,
+}
+
+impl rdkafka::client::ClientContext for WriterCtx {
+    fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+        self.stranded.observe(&statistics);
+    }
+}
+
+type WriterProducer = FutureProducer<WriterCtx>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("kafka unavailable: {0}")]
@@ -214,11 +254,47 @@ impl ControlWriter {
             .set("linger.ms", "0")
             // A POST answers 503 rather than hang when Kafka is away.
             .set("message.timeout.ms", "5000");
+        if client.get("statistics.interval.ms").is_none() {
+            client.set("statistics.interval.ms", "5000");
+        }
         crate::pipeline::kafka::set_log_level(&mut client);
+        let producer = Self::create(&client)?;
         Ok(ControlWriter {
-            producer: client.create()?,
+            client,
+            producer: Mutex::new(producer),
             topic: config.topics.control.clone(),
         })
+    }
+
+    fn create(
+        client: &ClientConfig,
+    ) -> Result<(Arc<WriterProducer>, Arc<Stranded>), rdkafka::error::KafkaError> {
+        let stranded = Arc::new(Stranded::default());
+        let ctx = WriterCtx {
+            stranded: stranded.clone(),
+        };
+        Ok((Arc::new(client.create_with_context(ctx)?), stranded))
+    }
+
+    /// The producer to write with: a new one if the current one has been
+    /// left with no broker.
+    fn producer(&self) -> Arc<WriterProducer> {
+        let mut producer = lock(&self.producer);
+        if producer.1.is_set() {
+            match Self::create(&self.client) {
+                Ok(new) => {
+                    tracing::error!(
+                        topic = %self.topic,
+                        "the control topic's producer has known no Kafka broker for {} s \
+                         (confluentinc/librdkafka#5301): replaced by a new one",
+                        crate::pipeline::broker_watch::NO_BROKER_TIMEOUT.as_secs()
+                    );
+                    *producer = new;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot create the control topic's producer"),
+            }
+        }
+        producer.0.clone()
     }
 
     /// Writes a rule (or, with `None`, a tombstone for `id`); returns where.
@@ -228,20 +304,19 @@ impl ControlWriter {
         if let Some(value) = value.as_deref() {
             record = record.payload(value);
         }
-        match self.producer.send(record, Duration::from_secs(5)).await {
+        let producer = self.producer();
+        match producer.send(record, Duration::from_secs(5)).await {
             Ok(delivery) => Ok((delivery.partition, delivery.offset)),
             Err((e, _)) => Err(Unavailable(e.to_string())),
         }
     }
 
     pub fn flush(&self) {
-        let _ = self.producer.flush(Duration::from_secs(5));
+        let producer = lock(&self.producer).0.clone();
+        let _ = producer.flush(Duration::from_secs(5));
     }
 }
 
-/// Tombstones API rules that expired more than `retention` ago, so the
-/// control topic does not grow without bound. Every instance does it;
-/// tombstoning twice is harmless.
 pub async fn expire_api_rules(
     state: Arc<ControlState>,
     writer: Arc<ControlWriter>,
@@ -307,12 +382,35 @@ pub fn spawn_reader(
     let topic = config.topics.control.clone();
     std::thread::Builder::new()
         .name("bouncer-control".into())
-        .spawn(move || read_loop(&consumer, &topic, &store, &state, &shutdown))
+        .spawn(move || read_loop(&client, consumer, &topic, &store, &state, &shutdown))
         .map_err(|e| e.to_string())
 }
 
+/// A new consumer for `client`, assigned every partition of `end` from the
+/// position after the last record applied: the reader's replacement for one
+/// left with no broker.
+fn replace(
+    client: &ClientConfig,
+    topic: &str,
+    state: &ControlState,
+    end: &BTreeMap<i32, i64>,
+) -> Result<ControlConsumer, rdkafka::error::KafkaError> {
+    let consumer: ControlConsumer = client.create_with_context(ControlCtx::default())?;
+    let applied = lock(&state.applied).clone();
+    let mut tpl = TopicPartitionList::new();
+    for &partition in end.keys() {
+        let offset = applied
+            .get(&partition)
+            .map_or(Offset::Beginning, |&next| Offset::Offset(next));
+        tpl.add_partition_offset(topic, partition, offset)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
 fn read_loop(
-    consumer: &ControlConsumer,
+    client: &ClientConfig,
+    mut consumer: ControlConsumer,
     topic: &str,
     store: &RuleStore,
     state: &ControlState,
@@ -320,7 +418,7 @@ fn read_loop(
 ) {
     // The end offsets at start: readiness means having read up to them.
     let end = loop {
-        match end_offsets(consumer, topic) {
+        match end_offsets(&consumer, topic) {
             Ok(end) => break end,
             Err(e) => {
                 tracing::warn!(topic, error = %e, "cannot read the control topic's end offsets; retrying");
@@ -341,6 +439,25 @@ fn read_loop(
     }
     let started = Instant::now();
     while !shutdown.load(Ordering::Acquire) {
+        if consumer.context().stranded.is_set() {
+            match replace(client, topic, state, &end) {
+                Ok(new) => {
+                    tracing::error!(
+                        topic,
+                        "the control topic's reader has known no Kafka broker for {} s \
+                         (confluentinc/librdkafka#5301): replaced by a new one, reading on from \
+                         the last record applied",
+                        crate::pipeline::broker_watch::NO_BROKER_TIMEOUT.as_secs()
+                    );
+                    consumer = new;
+                }
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "cannot replace the control topic's reader");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
         let mut changed = false;
         let mut positions: HashMap<i32, i64> = HashMap::new();
         let mut batch = 0;
@@ -369,7 +486,7 @@ fn read_loop(
             lock(&state.applied).extend(positions);
             state.notify();
         }
-        if !state.caught_up.load(Ordering::Acquire) && caught_up(consumer, state, &end) {
+        if !state.caught_up.load(Ordering::Acquire) && caught_up(&consumer, state, &end) {
             state.caught_up.store(true, Ordering::Release);
             tracing::info!(
                 topic,
@@ -464,4 +581,64 @@ fn caught_up(consumer: &ControlConsumer, state: &ControlState, end: &BTreeMap<i3
             .max(fetched.get(partition).copied().unwrap_or(0));
         end <= 0 || position >= end
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord};
+
+    use super::*;
+
+    /// A reader replaced after being left with no broker goes on after the
+    /// last record applied on each partition, from the start on one where
+    /// nothing was applied yet: nothing is skipped, nothing applied twice.
+    #[test]
+    fn a_replaced_reader_reads_on_after_the_last_record_applied() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("control", 2, 1).expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("producer");
+        for (partition, count) in [(0, 3), (1, 2)] {
+            for n in 0..count {
+                let key = format!("rule-{partition}-{n}");
+                let record = BaseRecord::to("control")
+                    .partition(partition)
+                    .key(&key)
+                    .payload("{}");
+                producer.send(record).map_err(|(e, _)| e).expect("queued");
+            }
+        }
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+
+        let state = ControlState::new();
+        lock(&state.applied).insert(0, 2);
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "control-test")
+            .set("enable.auto.commit", "false");
+        let end = BTreeMap::from([(0, 3), (1, 2)]);
+        let consumer = replace(&client, "control", &state, &end).expect("replaced");
+        let mut read = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read.len() < 3 && Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                let message = message.expect("message");
+                read.insert((message.partition(), message.offset()));
+            }
+        }
+        // Nothing more comes.
+        let extra = consumer.poll(Duration::from_millis(500));
+        assert!(
+            extra.is_none(),
+            "read again: {:?}",
+            extra.map(|m| m.map(|m| m.offset()))
+        );
+        assert_eq!(read, BTreeSet::from([(0, 2), (1, 0), (1, 1)]));
+    }
 }

@@ -14,7 +14,8 @@
 //! that is down still counts (librdkafka keeps it and reconnects on its
 //! own); a logical one (a coordinator is a role of a real broker) does not. When a client has known no other broker for
 //! [`NO_BROKER_TIMEOUT`], the pipeline restarts with new clients, which
-//! bootstrap from `kafka."bootstrap.servers"` again.
+//! bootstrap from `kafka."bootstrap.servers"` again; the control topic's
+//! reader and writer (`crate::control`) replace their client the same way.
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,12 @@ pub struct BrokerWatch {
     timeout: Duration,
     /// Since when the client has known no broker it can connect to.
     since: Option<Instant>,
+}
+
+impl Default for BrokerWatch {
+    fn default() -> BrokerWatch {
+        BrokerWatch::new(NO_BROKER_TIMEOUT)
+    }
 }
 
 impl BrokerWatch {

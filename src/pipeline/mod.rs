@@ -23,7 +23,7 @@
 //! with [`PipelineError::Restart`]; the caller starts a new one with new
 //! clients.
 
-mod broker_watch;
+pub(crate) mod broker_watch;
 mod fetch_watch;
 pub mod kafka;
 pub mod offsets;
