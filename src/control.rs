@@ -120,8 +120,10 @@ struct Stranded {
 
 impl Stranded {
     fn observe(&self, statistics: &rdkafka::statistics::Statistics) {
-        let sources = statistics.brokers.values().map(|b| b.source.as_str());
-        if lock(&self.watch).observe(Instant::now(), sources).is_some() {
+        if lock(&self.watch)
+            .observe_report(Instant::now(), statistics)
+            .is_some()
+        {
             self.stranded.store(true, Ordering::Release);
         }
     }
@@ -317,6 +319,9 @@ impl ControlWriter {
     }
 }
 
+/// Tombstones API rules that expired more than `retention` ago, so the
+/// control topic does not grow without bound. Every instance does it;
+/// tombstoning twice is harmless.
 pub async fn expire_api_rules(
     state: Arc<ControlState>,
     writer: Arc<ControlWriter>,

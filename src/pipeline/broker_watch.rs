@@ -52,6 +52,16 @@ impl BrokerWatch {
         }
     }
 
+    /// [`BrokerWatch::observe`] with the brokers of one of librdkafka's
+    /// statistics reports.
+    pub fn observe_report(
+        &mut self,
+        now: Instant,
+        statistics: &rdkafka::statistics::Statistics,
+    ) -> Option<Duration> {
+        self.observe(now, statistics.brokers.values().map(|b| b.source.as_str()))
+    }
+
     /// One statistics report: the `source` of every broker it lists.
     /// Returns for how long the client has known no broker it can connect
     /// to, once that is at least the timeout.

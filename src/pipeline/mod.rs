@@ -315,8 +315,7 @@ fn watch_brokers(
     client: &str,
     statistics: &Statistics,
 ) {
-    let sources = statistics.brokers.values().map(|b| b.source.as_str());
-    let Some(lasted) = lock(watch).observe(Instant::now(), sources) else {
+    let Some(lasted) = lock(watch).observe_report(Instant::now(), statistics) else {
         return;
     };
     if !restart.is_set() {
