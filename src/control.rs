@@ -110,12 +110,23 @@ impl ControlState {
 }
 
 /// A control client's watch for being left with no broker (see
-/// [`crate::pipeline::broker_watch`]): set once it is, and the client is then
-/// replaced.
-#[derive(Default)]
+/// [`crate::pipeline::broker_watch`]): set by the first statistics report
+/// that lists none, and the client is then replaced. The pipeline waits
+/// [`crate::pipeline::broker_watch::NO_BROKER_TIMEOUT`] before it restarts,
+/// since a restart processes events again; a new control client costs only
+/// a connection, and a POST waits for both of them.
 struct Stranded {
     watch: Mutex<BrokerWatch>,
     stranded: AtomicBool,
+}
+
+impl Default for Stranded {
+    fn default() -> Stranded {
+        Stranded {
+            watch: Mutex::new(BrokerWatch::new(Duration::ZERO)),
+            stranded: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Stranded {
@@ -287,9 +298,8 @@ impl ControlWriter {
                 Ok(new) => {
                     tracing::error!(
                         topic = %self.topic,
-                        "the control topic's producer has known no Kafka broker for {} s \
-                         (confluentinc/librdkafka#5301): replaced by a new one",
-                        crate::pipeline::broker_watch::NO_BROKER_TIMEOUT.as_secs()
+                        "the control topic's producer knows no Kafka broker \
+                         (confluentinc/librdkafka#5301): replaced by a new one"
                     );
                     *producer = new;
                 }
@@ -449,10 +459,9 @@ fn read_loop(
                 Ok(new) => {
                     tracing::error!(
                         topic,
-                        "the control topic's reader has known no Kafka broker for {} s \
+                        "the control topic's reader knows no Kafka broker \
                          (confluentinc/librdkafka#5301): replaced by a new one, reading on from \
-                         the last record applied",
-                        crate::pipeline::broker_watch::NO_BROKER_TIMEOUT.as_secs()
+                         the last record applied"
                     );
                     consumer = new;
                 }
