@@ -3,6 +3,7 @@
 //! and every documented error answers as documented.
 
 mod kafka_support;
+mod metadata_proxy;
 
 use std::time::{Duration, Instant};
 
@@ -580,4 +581,86 @@ fn the_api_rule_cap_holds_and_expired_rules_are_tombstoned() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(seen_expired, "listed as expired before it was removed");
+}
+
+#[test]
+fn an_instance_whose_clients_lose_every_broker_recovers_with_its_api_rules() {
+    // Every client of the instance reaches the broker through a proxy that,
+    // for three seconds, answers Metadata with no broker in it (what a
+    // single broker answers during its controlled shutdown): librdkafka
+    // 2.12 then drops the only broker it knew and never asks again
+    // (confluentinc/librdkafka#5301). The clients ask for metadata every
+    // second, so the pipeline's consumer and producer and the control
+    // topic's reader all meet such an answer.
+    let _serial = serial();
+    let proxy = metadata_proxy::MetadataProxy::start(bootstrap());
+    let mut setup = setup("api-stranded");
+    setup.bootstrap = Some(proxy.bootstrap());
+    setup
+        .kafka
+        .push("\"topic.metadata.refresh.interval.ms\" = 1000".into());
+    let mut a = setup.start("bouncer-a");
+    a.wait_ready();
+    let (code, before) = post(a.port, &json!({"code": 550, "tag": "campaign_before"}));
+    assert_eq!(code, 201, "{before}");
+
+    proxy.strand(true);
+    std::thread::sleep(Duration::from_secs(3));
+    proxy.strand(false);
+    assert!(
+        proxy.stranded() > 0,
+        "the proxy answered Metadata without brokers ({} responses relayed)",
+        proxy.rewritten()
+    );
+
+    // The control topic's reader and writer are replaced at their next
+    // statistics report (the writer when it next writes); the pipeline
+    // starts again with new clients about 30 s later.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let restarts = metric(
+            &a.metrics(),
+            "bouncer_pipeline_restarts_total",
+            &[("reason", "no-brokers")],
+        );
+        if restarts.unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no no-brokers restart 90 s after the clients lost their broker; log:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A rule posted now is written and read back (the POST answers once
+    // this instance has applied it), and both rules are in force.
+    let (code, after) = post(a.port, &json!({"code": 550, "tag": "campaign_after"}));
+    assert_eq!(code, 201, "{after}; log:\n{}", a.log());
+    let producer = TestProducer::new(&setup.topics.input);
+    let campaigns = ["campaign_before", "campaign_after", "other"];
+    for (n, campaign) in campaigns.iter().enumerate() {
+        producer.send(&campaign_event(&format!("s{n}"), campaign));
+    }
+    producer.flush();
+    let seen = outcomes(&setup, campaigns.len());
+    for (n, expected) in ["failed", "failed", "forwarded"].iter().enumerate() {
+        assert_eq!(
+            seen.get(&format!("s{n}")).map(String::as_str),
+            Some(*expected),
+            "event s{n} ({})",
+            campaigns[n]
+        );
+    }
+    let log = a.log();
+    for client in ["reader", "producer"] {
+        assert!(
+            log.contains(&format!(
+                "the control topic's {client} knows no Kafka broker"
+            )),
+            "the control topic's {client} says it was replaced; log:\n{log}"
+        );
+    }
+    a.terminate();
+    assert!(a.wait_exit(WAIT).is_some_and(|s| s.success()), "clean exit");
 }

@@ -22,6 +22,9 @@
 //! back; what needs the operator (a missing topic, a refused authorisation)
 //! still ends the start at once, naming the setting.
 
+mod metadata_proxy;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +34,7 @@ use bouncer::metrics::Metrics;
 use bouncer::pipeline::kafka::check_topics;
 use bouncer::pipeline::{self, Options, PipelineError, RestartReason, Shared};
 use bouncer::reload::RuleStore;
+use rdkafka::Message;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -78,11 +82,16 @@ fn config(bootstrap: &str, settings: &[(&str, &str)]) -> Config {
 }
 
 fn produce(bootstrap: &str, topic: &str, n: usize) {
+    produce_range(bootstrap, topic, 0..n);
+}
+
+/// Events with keys (and recipients) numbered `keys`.
+fn produce_range(bootstrap: &str, topic: &str, keys: std::ops::Range<usize>) {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("producer");
-    for i in 0..n {
+    for i in keys {
         let event = format!(
             r#"{{"recipient":"user{i}@example.com","envelope":"b@shop.example","pool":"p1","ips":["192.0.2.1"],"tags":["t"],"mime":"Subject: hi\r\n\r\nHello"}}"#
         );
@@ -97,6 +106,11 @@ fn produce(bootstrap: &str, topic: &str, n: usize) {
 
 /// Records in `topic` (all partitions), read from the start.
 fn count(bootstrap: &str, topic: &str, partitions: i32) -> usize {
+    keys(bootstrap, topic, partitions).len()
+}
+
+/// The keys of the records in `topic` (all partitions), read from the start.
+fn keys(bootstrap: &str, topic: &str, partitions: i32) -> Vec<String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "fetch-watchdog-reader")
@@ -110,17 +124,19 @@ fn count(bootstrap: &str, topic: &str, partitions: i32) -> usize {
             .expect("partition");
     }
     consumer.assign(&tpl).expect("assign");
-    let mut n = 0;
+    let mut keys = Vec::new();
     let mut eof = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while eof < partitions && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(_)) => n += 1,
+            Some(Ok(m)) => {
+                keys.push(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned())
+            }
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => eof += 1,
             _ => {}
         }
     }
-    n
+    keys
 }
 
 #[test]
@@ -171,6 +187,94 @@ fn a_partition_that_never_starts_fetching_restarts_the_pipeline() {
         EVENTS,
         "every event forwarded"
     );
+}
+
+#[test]
+fn clients_left_with_no_broker_restart_the_pipeline_which_goes_on_through_new_ones() {
+    // The clients reach the mock broker through a proxy that, on demand,
+    // answers Metadata with no broker in it (confluentinc/librdkafka#5301):
+    // librdkafka then drops the only broker it knew and never asks again.
+    // They ask for metadata every second, so each meets such an answer.
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let proxy = metadata_proxy::MetadataProxy::start(&cluster.bootstrap_servers());
+    let config = config(
+        &proxy.bootstrap(),
+        &[
+            ("BOUNCER_KAFKA__TOPIC_METADATA_REFRESH_INTERVAL_MS", "1000"),
+            // Only the no-brokers watch is to end the run here.
+            ("BOUNCER_FETCH_START_TIMEOUT", "600s"),
+        ],
+    );
+    let t = &config.topics;
+    for topic in [&t.input, &t.forward, &t.results, &t.retry, &t.dead_letter] {
+        cluster.create_topic(topic, 2, 1).expect("topic");
+    }
+    cluster.create_topic(&t.control, 1, 1).expect("topic");
+    let direct = cluster.bootstrap_servers();
+    produce(&direct, &t.input, EVENTS);
+
+    let pipeline = Pipeline::new();
+    let started = Instant::now();
+    let stranded_at = std::sync::Mutex::new(None);
+    // Once the first events are through: strand the clients for 3 s (each
+    // asks for metadata at least twice meanwhile), then write more events,
+    // which only new clients can read.
+    let result = pipeline.run_while(&config, Duration::from_secs(90), || {
+        let mut at = stranded_at.lock().unwrap();
+        match *at {
+            None if pipeline.consumed() >= EVENTS as u64 => {
+                proxy.strand(true);
+                *at = Some(Instant::now());
+            }
+            Some(since) if proxy.stranded() > 0 && since.elapsed() >= Duration::from_secs(3) => {
+                proxy.strand(false);
+                produce_range(&direct, &t.input, EVENTS..2 * EVENTS);
+                // Not again.
+                *at = Some(Instant::now() + Duration::from_secs(3600));
+            }
+            _ => {}
+        }
+        true
+    });
+    assert!(
+        proxy.stranded() > 0,
+        "the proxy answered Metadata without brokers ({} responses rewritten)",
+        proxy.rewritten()
+    );
+    match result {
+        Err(PipelineError::Restart(RestartReason::NoBrokers, message)) => {
+            assert!(
+                message.contains("5301"),
+                "the reason names the upstream issue: {message}"
+            );
+        }
+        other => panic!(
+            "expected the run to end with a no-brokers restart about 30 s after the clients lost \
+             their broker; it ended with {other:?} after {:?}, having processed {} events",
+            started.elapsed(),
+            pipeline.consumed()
+        ),
+    }
+
+    // The next run (as `bouncer run` starts it) bootstraps again and
+    // forwards the events written while the first was cut off.
+    let checked = std::sync::Mutex::new(Instant::now());
+    pipeline
+        .run_while(&config, Duration::from_secs(60), || {
+            let mut checked = checked.lock().unwrap();
+            if checked.elapsed() < Duration::from_secs(1) {
+                return true;
+            }
+            *checked = Instant::now();
+            let forwarded: BTreeSet<String> = keys(&direct, &t.forward, 2).into_iter().collect();
+            forwarded.len() < 2 * EVENTS
+        })
+        .expect("the second run ends cleanly");
+    let forwarded: BTreeSet<String> = keys(&direct, &t.forward, 2).into_iter().collect();
+    let missing: Vec<usize> = (0..2 * EVENTS)
+        .filter(|i| !forwarded.contains(&i.to_string()))
+        .collect();
+    assert!(missing.is_empty(), "events never forwarded: {missing:?}");
 }
 
 #[test]

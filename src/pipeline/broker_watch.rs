@@ -15,7 +15,8 @@
 //! own); a logical one (a coordinator is a role of a real broker) does not. When a client has known no other broker for
 //! [`NO_BROKER_TIMEOUT`], the pipeline restarts with new clients, which
 //! bootstrap from `kafka."bootstrap.servers"` again; the control topic's
-//! reader and writer (`crate::control`) replace their client the same way.
+//! reader and writer (`crate::control`) replace their client at the first
+//! report that lists none. `tests/metadata_proxy` strands clients for real.
 
 use std::time::{Duration, Instant};
 

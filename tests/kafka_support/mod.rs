@@ -859,6 +859,9 @@ pub struct Setup {
     pub topics: Topics,
     pub group: String,
     pub rules_dir: PathBuf,
+    /// `kafka."bootstrap.servers"` when not the test broker's [`bootstrap`]
+    /// (a proxy in front of it).
+    pub bootstrap: Option<String>,
     /// Extra top-level settings (`key = value` lines).
     pub top_level: Vec<String>,
     /// Extra `[kafka]`, `[kafka.consumer]`, `[kafka.producer]` lines.
@@ -887,6 +890,7 @@ impl Setup {
             name,
             rules_dir,
             dir,
+            bootstrap: None,
             top_level: vec![
                 "shutdown_timeout = \"10s\"".into(),
                 "commit_interval = \"500ms\"".into(),
@@ -988,7 +992,7 @@ impl Setup {
         ));
         text.push_str(&format!(
             "\n[kafka]\n\"bootstrap.servers\" = {:?}\n",
-            bootstrap()
+            self.bootstrap.as_deref().unwrap_or_else(|| bootstrap())
         ));
         for line in &self.kafka {
             text.push_str(line);
