@@ -63,6 +63,11 @@ impl BrokerWatch {
         self.observe(now, statistics.brokers.values().map(|b| b.source.as_str()))
     }
 
+    /// Whether the last report listed no broker the client can connect to.
+    pub fn knows_none(&self) -> bool {
+        self.since.is_some()
+    }
+
     /// One statistics report: the `source` of every broker it lists.
     /// Returns for how long the client has known no broker it can connect
     /// to, once that is at least the timeout.

@@ -196,6 +196,14 @@ struct ProducerCtx {
     broker_watch: Mutex<BrokerWatch>,
 }
 
+impl ProducerCtx {
+    /// Whether the producer's last statistics report listed no broker it
+    /// can connect to (see [`broker_watch`]).
+    fn knows_no_broker(&self) -> bool {
+        lock(&self.broker_watch).knows_none()
+    }
+}
+
 impl ClientContext for ProducerCtx {
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {

@@ -17,7 +17,7 @@
 //! transaction).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
@@ -59,6 +59,61 @@ pub struct Transactions {
     /// Bound on each transactional call (send offsets, commit, abort).
     timeout: Duration,
     open: Mutex<Option<Open>>,
+    /// The transactional call in progress, for [`watch_calls`].
+    in_call: Arc<Mutex<Option<InCall>>>,
+}
+
+/// How long a transactional call may go on past its own timeout before
+/// [`watch_calls`] ends the process.
+pub const STUCK_MARGIN: Duration = Duration::from_secs(20);
+
+struct InCall {
+    call: &'static str,
+    since: Instant,
+}
+
+/// The last resort against a transactional call that never returns:
+/// librdkafka 2.12's `send_offsets_to_transaction`, commit and abort wait
+/// for their reply without a bound of their own, and a producer left with
+/// no broker (confluentinc/librdkafka#5301) never gets one, whatever the
+/// timeout passed, which leaves the pipeline thread blocked for good. The
+/// thread cannot be unblocked, and its consumer and producer cannot be
+/// replaced while it holds them, so when a call has gone on for its
+/// timeout plus [`STUCK_MARGIN`], the process exits (status 1) for its
+/// supervisor to start it again; the next producer, with the same
+/// `transactional.id`, aborts the open transaction when it initialises.
+/// Ends with the run (when `in_call` is dropped).
+fn watch_calls(in_call: Weak<Mutex<Option<InCall>>>, limit: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("bouncer-txn-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let Some(in_call) = in_call.upgrade() else {
+                    return;
+                };
+                let stuck = lock(&in_call)
+                    .as_ref()
+                    .map(|c| (c.call, c.since.elapsed()))
+                    .filter(|(_, lasted)| *lasted >= limit);
+                if let Some((call, lasted)) = stuck {
+                    let message = format!(
+                        "librdkafka's {call} has not returned after {} s (its timeout is {} s): \
+                         exiting so that the process is started again (a producer left with no \
+                         broker never gets a reply, confluentinc/librdkafka#5301)",
+                        lasted.as_secs(),
+                        (limit - STUCK_MARGIN).as_secs()
+                    );
+                    tracing::error!("{message}");
+                    // The log thread may not write the line before the exit.
+                    eprintln!("bouncer: {message}");
+                    std::process::exit(1);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the transactional call watch");
+    }
 }
 
 impl Transactions {
@@ -82,13 +137,27 @@ impl Transactions {
                 }
             }
         }
+        let in_call = Arc::new(Mutex::new(None));
+        watch_calls(Arc::downgrade(&in_call), timeout + STUCK_MARGIN);
         Ok(Transactions {
             producer,
             metrics,
             input_topic: input_topic.to_owned(),
             timeout,
             open: Mutex::new(None),
+            in_call,
         })
+    }
+
+    /// Runs one transactional call of librdkafka under [`watch_calls`].
+    fn call<T>(&self, call: &'static str, f: impl FnOnce() -> T) -> T {
+        *lock(&self.in_call) = Some(InCall {
+            call,
+            since: Instant::now(),
+        });
+        let result = f();
+        *lock(&self.in_call) = None;
+        result
     }
 
     /// The bound on each transactional call: `transaction.timeout.ms`.
@@ -143,6 +212,9 @@ impl Transactions {
         };
         let started = Instant::now();
         self.serve_until_delivered(started + self.timeout);
+        if let Some(stranded) = self.stranded("committing") {
+            return stranded;
+        }
         let result = self.send_offsets_and_commit(consumer, &open);
         match result {
             Ok(()) => {
@@ -181,9 +253,31 @@ impl Transactions {
     /// committing: rust-rdkafka's `commit_transaction` flushes first, and
     /// its flush waits in steps of 100 ms once anything is outstanding.
     fn serve_until_delivered(&self, deadline: Instant) {
-        while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
+        while self.producer.in_flight_count() > 0
+            && Instant::now() < deadline
+            && !self.producer.context().knows_no_broker()
+        {
             super::await_deliveries(&self.producer, Duration::from_millis(1));
         }
+    }
+
+    /// A producer left with no broker (see [`super::broker_watch`]) must
+    /// not be asked to send offsets, commit or abort: librdkafka 2.12 then
+    /// waits for the transaction coordinator for ever, whatever the
+    /// timeout (seen with `send_offsets_to_transaction`). The run ends
+    /// instead; the next run's producer aborts the open transaction when
+    /// it initialises.
+    fn stranded(&self, doing: &str) -> Option<Ended> {
+        self.producer.context().knows_no_broker().then(|| {
+            Ended::Fatal(
+                RestartReason::NoBrokers,
+                format!(
+                    "{doing} a transaction: the Kafka producer knows no broker (librdkafka \
+                     dropped every broker after a metadata response that listed none, \
+                     confluentinc/librdkafka#5301)"
+                ),
+            )
+        })
     }
 
     fn send_offsets_and_commit<C: ConsumerContext>(
@@ -199,10 +293,14 @@ impl Transactions {
             let metadata = consumer
                 .group_metadata()
                 .ok_or(KafkaError::MessageProduction(RDKafkaErrorCode::State))?;
-            self.producer
-                .send_offsets_to_transaction(&offsets, &metadata, self.timeout)?;
+            self.call("send_offsets_to_transaction", || {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &metadata, self.timeout)
+            })?;
         }
-        self.producer.commit_transaction(self.timeout)
+        self.call("commit_transaction", || {
+            self.producer.commit_transaction(self.timeout)
+        })
     }
 
     /// Aborts the open transaction, if any.
@@ -224,7 +322,12 @@ impl Transactions {
         while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
             self.producer.poll(Duration::from_millis(10));
         }
-        match self.producer.abort_transaction(self.timeout) {
+        if let Some(stranded) = self.stranded(&format!("after {why}, aborting")) {
+            return stranded;
+        }
+        match self.call("abort_transaction", || {
+            self.producer.abort_transaction(self.timeout)
+        }) {
             Ok(()) => {
                 self.metrics
                     .transactions
