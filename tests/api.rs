@@ -595,23 +595,13 @@ fn an_instance_whose_clients_lose_every_broker_recovers_with_its_api_rules() {
     let _serial = serial();
     let proxy = metadata_proxy::MetadataProxy::start(bootstrap());
     let mut setup = setup("api-stranded");
-    setup.bootstrap = Some(proxy.bootstrap());
-    setup
-        .kafka
-        .push("\"topic.metadata.refresh.interval.ms\" = 1000".into());
+    setup.through_proxy(proxy.bootstrap());
     let mut a = setup.start("bouncer-a");
     a.wait_ready();
     let (code, before) = post(a.port, &json!({"code": 550, "tag": "campaign_before"}));
     assert_eq!(code, 201, "{before}");
 
-    proxy.strand(true);
-    std::thread::sleep(Duration::from_secs(3));
-    proxy.strand(false);
-    assert!(
-        proxy.stranded() > 0,
-        "the proxy answered Metadata without brokers ({} responses relayed)",
-        proxy.rewritten()
-    );
+    proxy.strand_for(Duration::from_secs(3));
 
     // The control topic's reader and writer are replaced at their next
     // statistics report (the writer when it next writes); the pipeline

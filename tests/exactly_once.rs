@@ -4,13 +4,14 @@
 //! cluster has no `read_committed`, so none of this can run there.)
 
 mod kafka_support;
+mod metadata_proxy;
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kafka_support::{
-    Bouncer, FEED_RULES, Feed, Input, Isolation, Rec, Setup, TestProducer, WAIT, event,
+    Bouncer, FEED_RULES, Feed, Input, Isolation, Rec, Setup, TestProducer, WAIT, bootstrap, event,
     inputs_by_coordinates, metric, scan_topic, serial, wait_committed_to_end,
 };
 use serde_json::json;
@@ -232,6 +233,64 @@ fn a_fenced_producer_restarts_and_nothing_is_duplicated() {
     stop(b);
     assert_exactly_once(&setup);
     stop(a);
+}
+
+#[test]
+fn clients_left_with_no_broker_restart_and_nothing_is_duplicated() {
+    // The instance reaches the broker through a proxy that, for three
+    // seconds, answers Metadata with no broker in it; its clients ask for
+    // metadata every second, and librdkafka 2.12 drops the only broker it
+    // knew (confluentinc/librdkafka#5301). The pipeline abandons its run
+    // with a transaction open; the next run's producer, with the same
+    // transactional_id, aborts it, and its events are processed again.
+    let _serial = serial();
+    let proxy = metadata_proxy::MetadataProxy::start(bootstrap());
+    let mut setup = Setup::new("eos-stranded", &[("r.toml", FEED_RULES)]);
+    setup.through_proxy(proxy.bootstrap());
+    setup.create_topics(4);
+    let t = setup.topics.clone();
+    let mut bouncer = start(&setup, "eos-stranded", "eos-stranded");
+    // The feed writes to the broker directly.
+    let feed = Feed::start(&t.input, "stranded", 4, 4000, Duration::from_secs(10));
+    feed.wait_sent(1000);
+    bouncer.wait_processed(300.0);
+    proxy.strand_for(Duration::from_secs(3));
+    // Either the pipeline notices before it next commits and restarts with
+    // new clients, or a transactional call blocks for good and the process
+    // exits, for its supervisor (here the test) to start it again.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(status) = bouncer.exited() {
+            let log = bouncer.log();
+            assert_eq!(status.code(), Some(1), "{log}");
+            assert!(
+                log.contains("has not returned after"),
+                "the log names the call that never returned:\n{log}"
+            );
+            eprintln!("the instance exited: a transactional call never returned");
+            bouncer = start(&setup, "eos-stranded-again", "eos-stranded");
+            break;
+        }
+        if metric_of(
+            &bouncer,
+            "bouncer_pipeline_restarts_total",
+            &[("reason", "no-brokers")],
+        ) >= 1.0
+        {
+            eprintln!("the pipeline restarted with new clients");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither a no-brokers restart nor an exit 90 s after the clients lost their \
+             broker:\n{}",
+            bouncer.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    feed.join();
+    assert_exactly_once(&setup);
+    stop(bouncer);
 }
 
 fn signal(b: &Bouncer, sig: &str) {

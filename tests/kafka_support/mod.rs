@@ -907,6 +907,15 @@ impl Setup {
         setup
     }
 
+    /// The instances reach the broker through a proxy at `bootstrap`
+    /// (`tests/metadata_proxy`), and their clients ask for metadata every
+    /// second.
+    pub fn through_proxy(&mut self, bootstrap: String) {
+        self.bootstrap = Some(bootstrap);
+        self.kafka
+            .push("\"topic.metadata.refresh.interval.ms\" = 1000".into());
+    }
+
     /// Creates input, forward, results, retry and dead-letter topics
     /// (`partitions` each, forward and retry one more) and the compacted
     /// control topic.

@@ -10,12 +10,15 @@
 //! proxy's); while [`MetadataProxy::strand`] is on, Metadata responses list
 //! no broker (their topics are kept). Other bytes pass unchanged.
 
+#![allow(dead_code)] // each test crate uses a different subset
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 const METADATA: i16 = 3;
 const FIND_COORDINATOR: i16 = 10;
@@ -63,6 +66,19 @@ impl MetadataProxy {
     /// While on, Metadata responses list no broker.
     pub fn strand(&self, on: bool) {
         self.state.strand.store(on, Ordering::Release);
+    }
+
+    /// Metadata responses list no broker for `period`, and at least one
+    /// was sent so.
+    pub fn strand_for(&self, period: Duration) {
+        self.strand(true);
+        thread::sleep(period);
+        self.strand(false);
+        assert!(
+            self.stranded() > 0,
+            "the proxy answered Metadata without brokers ({} responses relayed)",
+            self.rewritten()
+        );
     }
 
     /// Metadata responses sent with their brokers taken out.
