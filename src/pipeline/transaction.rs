@@ -65,18 +65,19 @@ pub struct Transactions {
 
 /// How long a transactional call may go on past its own timeout before
 /// [`watch_calls`] ends the process.
-pub const STUCK_MARGIN: Duration = Duration::from_secs(20);
+const STUCK_MARGIN: Duration = Duration::from_secs(20);
 
 struct InCall {
     call: &'static str,
     since: Instant,
 }
 
-/// The last resort against a transactional call that never returns:
-/// librdkafka 2.12's `send_offsets_to_transaction`, commit and abort wait
-/// for their reply without a bound of their own, and a producer left with
-/// no broker (confluentinc/librdkafka#5301) never gets one, whatever the
-/// timeout passed, which leaves the pipeline thread blocked for good. The
+/// The last resort against a transactional call that never returns: with
+/// a producer left with no broker (confluentinc/librdkafka#5301), librdkafka
+/// 2.12's `send_offsets_to_transaction` was seen to wait for its reply for
+/// good, whatever the timeout passed (the test through a metadata proxy in
+/// `tests/exactly_once.rs`; the stack showed it waiting without a bound in
+/// `rd_kafka_txn_op_req0`); commit and abort are watched the same way. The
 /// thread cannot be unblocked, and its consumer and producer cannot be
 /// replaced while it holds them, so when a call has gone on for its
 /// timeout plus [`STUCK_MARGIN`], the process exits (status 1) for its
