@@ -77,7 +77,9 @@ struct InCall {
 /// 2.12's `send_offsets_to_transaction` was seen to wait for its reply for
 /// good, whatever the timeout passed (the test through a metadata proxy in
 /// `tests/exactly_once.rs`; the stack showed it waiting without a bound in
-/// `rd_kafka_txn_op_req0`); commit and abort are watched the same way. The
+/// `rd_kafka_txn_op_req0`); commit and abort are watched the same way
+/// (stranded in a smaller case, all three returned within 10 s:
+/// docs/operations.md, "A client that knows no broker"). The
 /// thread cannot be unblocked, and its consumer and producer cannot be
 /// replaced while it holds them, so when a call has gone on for its
 /// timeout plus [`STUCK_MARGIN`], the process exits (status 1) for its
