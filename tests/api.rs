@@ -123,7 +123,7 @@ fn a_rule_posted_on_one_instance_is_in_force_on_all_and_survives_restarts() {
     eprintln!("propagation to the second instance: {propagation:?}");
 
     // Events produced now fail, whichever instance decides them.
-    let producer = TestProducer::new(&setup.topics.input);
+    let mut producer = TestProducer::new(&setup.topics.input);
     for n in 0..40 {
         let mut input = campaign_event(
             &format!("e{n}"),
@@ -252,7 +252,7 @@ fn invalid_control_records_are_skipped_and_reported_and_compaction_keeps_the_rul
     a.wait_ready();
 
     // Records written by hand: one invalid, one of an unknown version, one valid.
-    let control = TestProducer::new(&setup.topics.control);
+    let mut control = TestProducer::new(&setup.topics.control);
     let raw = |key: &str, value: &str| {
         let mut input = Input::new(0, Some(key), value.as_bytes().to_vec());
         input.partition = 0;
@@ -627,7 +627,7 @@ fn an_instance_whose_clients_lose_every_broker_recovers_with_its_api_rules() {
     // this instance has applied it), and both rules are in force.
     let (code, after) = post(a.port, &json!({"code": 550, "tag": "campaign_after"}));
     assert_eq!(code, 201, "{after}; log:\n{}", a.log());
-    let producer = TestProducer::new(&setup.topics.input);
+    let mut producer = TestProducer::new(&setup.topics.input);
     let campaigns = ["campaign_before", "campaign_after", "other"];
     for (n, campaign) in campaigns.iter().enumerate() {
         producer.send(&campaign_event(&format!("s{n}"), campaign));

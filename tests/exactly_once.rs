@@ -152,7 +152,7 @@ fn an_aborted_transaction_leaves_no_visible_output() {
     // written in the transaction that fails.
     let mut bouncer = setup.start_with("eos-abort", &exactly_once("eos-abort", "3s"));
     bouncer.wait_ready();
-    let producer = TestProducer::new(&t.input);
+    let mut producer = TestProducer::new(&t.input);
     for n in 0..301 {
         let mut e = event(
             &format!("e-{n}"),

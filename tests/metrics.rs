@@ -214,7 +214,7 @@ fn a_revoked_partitions_lag_series_disappears() {
     a.wait_assigned();
 
     // Events on both partitions: a lag series needs a position to measure from.
-    let producer = TestProducer::new(&t.input);
+    let mut producer = TestProducer::new(&t.input);
     for n in 0..40 {
         let value = event(
             &format!("lag-{n}"),
