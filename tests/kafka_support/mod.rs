@@ -376,6 +376,8 @@ pub struct DeliveryCtx {
     unacked: Arc<Mutex<BTreeMap<usize, Input>>>,
     /// The last statistics listed no broker the client can connect to.
     stranded: AtomicBool,
+    /// Being replaced: what it purges is sent again by its successor.
+    retiring: AtomicBool,
     log: Option<Arc<Mutex<fs::File>>>,
 }
 
@@ -387,6 +389,7 @@ impl DeliveryCtx {
             deliveries: self.deliveries.clone(),
             unacked: self.unacked.clone(),
             stranded: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
             log: self.log.clone(),
         }
     }
@@ -436,7 +439,7 @@ impl ProducerContext for DeliveryCtx {
                     | rdkafka::types::RDKafkaErrorCode::PurgeInflight,
                 ),
                 _,
-            )) => {}
+            )) if self.retiring.load(Ordering::Relaxed) => {}
             Err((e, _)) => {
                 self.unacked
                     .lock()
@@ -484,12 +487,16 @@ pub struct TestProducer {
     pub deliveries: Arc<Deliveries>,
     topic: String,
     /// Send number of the next record.
-    next: AtomicUsize,
+    next: usize,
 }
 
 impl TestProducer {
     pub fn new(topic: &str) -> TestProducer {
-        TestProducer::through(topic, bootstrap())
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap())
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+        TestProducer::create(topic, config, DeliveryCtx::default())
     }
 
     /// Like [`TestProducer::new`], reaching the broker at `bootstrap` (a
@@ -536,13 +543,14 @@ impl TestProducer {
             config,
             deliveries,
             topic: topic.to_owned(),
-            next: AtomicUsize::new(0),
+            next: 0,
         }
     }
 
     pub fn send(&mut self, input: &Input) {
         self.renew_if_stranded();
-        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        let number = self.next;
+        self.next += 1;
         self.producer
             .context()
             .unacked
@@ -552,7 +560,10 @@ impl TestProducer {
         self.produce(number, input);
     }
 
-    fn produce(&mut self, number: usize, input: &Input) {
+    /// Sends one record; whether the producer was replaced meanwhile, in
+    /// which case it and every other unacknowledged record were sent again
+    /// by the new one.
+    fn produce(&mut self, number: usize, input: &Input) -> bool {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &input.headers {
             headers = headers.insert(Header {
@@ -582,13 +593,13 @@ impl TestProducer {
                     record = back;
                     self.producer.poll(Duration::from_millis(10));
                     if self.renew_if_stranded() {
-                        // Sent again with the other unacknowledged ones.
-                        return;
+                        return true;
                     }
                 }
             }
         }
         self.producer.poll(Duration::ZERO);
+        false
     }
 
     /// Replaces a producer whose last statistics listed no broker, and sends
@@ -597,6 +608,10 @@ impl TestProducer {
         if !self.producer.context().stranded.load(Ordering::Relaxed) {
             return false;
         }
+        self.producer
+            .context()
+            .retiring
+            .store(true, Ordering::Relaxed);
         let successor = self.producer.context().successor();
         let unacked = successor.unacked.clone();
         let fresh: BaseProducer<DeliveryCtx> = self
@@ -619,7 +634,10 @@ impl TestProducer {
             again.len()
         ));
         for (number, input) in again {
-            self.produce(number, &input);
+            if self.produce(number, &input) {
+                // Replaced again meanwhile: the newer one sent the rest.
+                break;
+            }
         }
         true
     }
@@ -636,7 +654,12 @@ impl TestProducer {
             assert!(
                 Instant::now() < deadline,
                 "input not flushed in 180 s: {} unacknowledged",
-                self.producer.in_flight_count()
+                self.producer
+                    .context()
+                    .unacked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .len()
             );
         }
         let failed = self.deliveries.failed.load(Ordering::Relaxed);
