@@ -298,6 +298,78 @@ fn clients_left_with_no_broker_restart_and_nothing_is_duplicated() {
     stop(bouncer);
 }
 
+/// The other way out of the test above, made certain: with a transaction
+/// open and idle when the clients lose their broker, the consumer's
+/// statistics (every second) list no broker before the commit is due, so
+/// the commit does not start (librdkafka would wait for ever); the run ends
+/// with `no-brokers` and the process goes on with new clients. Nothing is
+/// lost or duplicated. (The producer's own statistics go on listing the
+/// dropped broker, which its transaction coordinator holds: found by this
+/// test, whose first version relied on them and whose instance exited.)
+#[test]
+fn a_commit_due_after_the_clients_lost_every_broker_is_not_started() {
+    let _serial = serial();
+    let proxy = metadata_proxy::MetadataProxy::start(bootstrap());
+    let mut setup = Setup::new("eos-stranded-idle", &[("r.toml", FEED_RULES)]);
+    setup.through_proxy(proxy.bootstrap());
+    // The commit, 15 s after the transaction began, comes well after the
+    // consumer's statistics have shown no broker, and well before its
+    // session times out or its own watch ends the run (30 s after it lost
+    // its broker). A transaction may last at most half of
+    // `transaction.timeout.ms`.
+    setup
+        .producer
+        .push("\"transaction.timeout.ms\" = 60000".into());
+    setup.consumer = vec!["\"session.timeout.ms\" = 25000".into()];
+    setup.create_topics(4);
+    let t = setup.topics.clone();
+    let mut bouncer = setup.start_with(
+        "eos-stranded-idle",
+        &exactly_once("eos-stranded-idle", "15s"),
+    );
+    bouncer.wait_ready();
+    // Written to the broker directly, before the proxy strands the instance.
+    let mut producer = TestProducer::new(&t.input);
+    for n in 0..200 {
+        let id = format!("idle-{n}");
+        let value = event(
+            &id,
+            &format!("user{n}@example.org"),
+            "dedicated-1",
+            &["newsletter"],
+        );
+        producer.send(&Input::new(n % 4, Some("k"), value.to_string()));
+    }
+    producer.flush();
+    bouncer.wait_processed(200.0);
+    proxy.strand_for(Duration::from_secs(3));
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while metric_of(
+        &bouncer,
+        "bouncer_pipeline_restarts_total",
+        &[("reason", "no-brokers")],
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no no-brokers restart 90 s after the clients lost their broker:\n{}",
+            bouncer.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = bouncer.log();
+    assert!(
+        log.contains("committing a transaction: the Kafka consumer knows no broker"),
+        "the commit was not started, and the log says why:\n{log}"
+    );
+    assert!(!log.contains("has not returned after"), "{log}");
+    assert!(bouncer.exited().is_none(), "the process goes on:\n{log}");
+    let outputs = assert_exactly_once(&setup, None);
+    assert_eq!(outputs.len(), 200);
+    stop(bouncer);
+}
+
 fn signal(b: &Bouncer, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &b.pid().to_string()])

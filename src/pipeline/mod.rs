@@ -350,7 +350,7 @@ struct ConsumerCtx {
     transactions: Option<Arc<Transactions>>,
     restart: Arc<RestartFlag>,
     fetch_watch: Mutex<FetchWatch>,
-    broker_watch: Mutex<BrokerWatch>,
+    broker_watch: Arc<Mutex<BrokerWatch>>,
 }
 
 impl ClientContext for ConsumerCtx {
@@ -708,6 +708,8 @@ pub fn run(
         reports: AtomicU64::new(0),
         broker_watch: Mutex::new(BrokerWatch::new(NO_BROKER_TIMEOUT)),
     })?);
+    // Shared with the transactions, which check it before each commit.
+    let consumer_brokers = Arc::new(Mutex::new(BrokerWatch::new(NO_BROKER_TIMEOUT)));
     let transactions = if exactly_once {
         let timeout = Duration::from_millis(
             config
@@ -718,6 +720,7 @@ pub fn run(
         let give_up = || shutdown.load(Ordering::Acquire);
         let transactions = Transactions::init(
             producer.clone(),
+            consumer_brokers.clone(),
             metrics.clone(),
             &config.topics.input,
             timeout,
@@ -751,7 +754,7 @@ pub fn run(
         transactions: transactions.clone(),
         restart: restart.clone(),
         fetch_watch: Mutex::new(FetchWatch::new(fetch_start_timeout)),
-        broker_watch: Mutex::new(BrokerWatch::new(NO_BROKER_TIMEOUT)),
+        broker_watch: consumer_brokers,
     })?;
     consumer.subscribe(&[&config.topics.input])?;
     shared

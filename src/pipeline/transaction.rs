@@ -25,6 +25,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{Producer, PurgeConfig};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::broker_watch::BrokerWatch;
 use super::{Producer_, RestartReason, lock};
 use crate::metrics::Metrics;
 
@@ -61,6 +62,8 @@ pub struct Transactions {
     open: Mutex<Option<Open>>,
     /// The transactional call in progress, for [`watch_calls`].
     in_call: Arc<Mutex<Option<InCall>>>,
+    /// The consumer's broker watch: see [`Transactions::stranded`].
+    consumer_brokers: Arc<Mutex<BrokerWatch>>,
 }
 
 /// How long a transactional call may go on past its own timeout before
@@ -125,6 +128,7 @@ impl Transactions {
     /// Retries while the coordinator is unreachable until `give_up` says so.
     pub fn init(
         producer: Arc<Producer_>,
+        consumer_brokers: Arc<Mutex<BrokerWatch>>,
         metrics: Arc<Metrics>,
         input_topic: &str,
         timeout: Duration,
@@ -149,6 +153,7 @@ impl Transactions {
             timeout,
             open: Mutex::new(None),
             in_call,
+            consumer_brokers,
         })
     }
 
@@ -258,24 +263,40 @@ impl Transactions {
     fn serve_until_delivered(&self, deadline: Instant) {
         while self.producer.in_flight_count() > 0
             && Instant::now() < deadline
-            && !self.producer.context().knows_no_broker()
+            && self.stranded_client().is_none()
         {
             super::await_deliveries(&self.producer, Duration::from_millis(1));
         }
     }
 
-    /// A producer left with no broker (see [`super::broker_watch`]) must
-    /// not be asked to send offsets, commit or abort: librdkafka 2.12 then
-    /// waits for the transaction coordinator for ever, whatever the
-    /// timeout (seen with `send_offsets_to_transaction`). The run ends
-    /// instead; the next run's producer aborts the open transaction when
-    /// it initialises.
+    /// The client whose last statistics report listed no broker (see
+    /// [`super::broker_watch`]), if any. The consumer is asked too: a
+    /// transactional producer's own reports go on listing the broker it
+    /// dropped while the transaction coordinator holds it (librdkafka 2.12
+    /// keeps the broker's thread until then), and its metadata comes from
+    /// the same brokers as the consumer's.
+    fn stranded_client(&self) -> Option<&'static str> {
+        if self.producer.context().knows_no_broker() {
+            Some("producer")
+        } else if lock(&self.consumer_brokers).knows_none() {
+            Some("consumer")
+        } else {
+            None
+        }
+    }
+
+    /// A producer left with no broker must not be asked to send offsets,
+    /// commit or abort: librdkafka 2.12 can then wait for the transaction
+    /// coordinator for ever, whatever the timeout (seen with
+    /// `send_offsets_to_transaction`). Nor can a consumer left so go on.
+    /// The run ends instead; the next run's producer aborts the open
+    /// transaction when it initialises.
     fn stranded(&self, doing: &str) -> Option<Ended> {
-        self.producer.context().knows_no_broker().then(|| {
+        self.stranded_client().map(|client| {
             Ended::Fatal(
                 RestartReason::NoBrokers,
                 format!(
-                    "{doing} a transaction: the Kafka producer knows no broker (librdkafka \
+                    "{doing} a transaction: the Kafka {client} knows no broker (librdkafka \
                      dropped every broker after a metadata response that listed none, \
                      confluentinc/librdkafka#5301)"
                 ),
