@@ -515,7 +515,12 @@ impl ConsumerCtx {
                 partitions = ?revoked,
                 "assignment lost; the open transaction is aborted, nothing committed for it"
             );
-            transactions.abort("assignment lost")
+            let ended = transactions.abort("assignment lost");
+            if let Ended::Fatal(reason, message) = &ended {
+                // Not aborted (a client knows no broker): the run ends.
+                self.restart.set(*reason, message.clone());
+            }
+            ended
         } else {
             self.transactions_commit(consumer, transactions)
         };
@@ -708,7 +713,8 @@ pub fn run(
         reports: AtomicU64::new(0),
         broker_watch: Mutex::new(BrokerWatch::new(NO_BROKER_TIMEOUT)),
     })?);
-    // Shared with the transactions, which check it before each commit.
+    // Shared with the transactions, which check it before each send of
+    // offsets, commit and abort, and while waiting for deliveries.
     let consumer_brokers = Arc::new(Mutex::new(BrokerWatch::new(NO_BROKER_TIMEOUT)));
     let transactions = if exactly_once {
         let timeout = Duration::from_millis(

@@ -62,7 +62,7 @@ pub struct Transactions {
     open: Mutex<Option<Open>>,
     /// The transactional call in progress, for [`watch_calls`].
     in_call: Arc<Mutex<Option<InCall>>>,
-    /// The consumer's broker watch: see [`Transactions::stranded`].
+    /// The consumer's broker watch: see [`Transactions::stranded_client`].
     consumer_brokers: Arc<Mutex<BrokerWatch>>,
 }
 
@@ -288,7 +288,8 @@ impl Transactions {
     /// A producer left with no broker must not be asked to send offsets,
     /// commit or abort: librdkafka 2.12 can then wait for the transaction
     /// coordinator for ever, whatever the timeout (seen with
-    /// `send_offsets_to_transaction`). Nor can a consumer left so go on.
+    /// `send_offsets_to_transaction`). A consumer left so stands in for the
+    /// producer, whose own reports hide it (see [`Self::stranded_client`]).
     /// The run ends instead; the next run's producer aborts the open
     /// transaction when it initialises.
     fn stranded(&self, doing: &str) -> Option<Ended> {
