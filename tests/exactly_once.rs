@@ -329,18 +329,7 @@ fn a_commit_due_after_the_clients_lost_every_broker_is_not_started() {
     );
     bouncer.wait_ready();
     // Written to the broker directly, before the proxy strands the instance.
-    let mut producer = TestProducer::new(&t.input);
-    for n in 0..200 {
-        let id = format!("idle-{n}");
-        let value = event(
-            &id,
-            &format!("user{n}@example.org"),
-            "dedicated-1",
-            &["newsletter"],
-        );
-        producer.send(&Input::new(n % 4, Some("k"), value.to_string()));
-    }
-    producer.flush();
+    let fed = Feed::start(&t.input, "idle", 4, 200, Duration::from_secs(1)).join();
     bouncer.wait_processed(200.0);
     proxy.strand_for(Duration::from_secs(3));
 
@@ -365,7 +354,7 @@ fn a_commit_due_after_the_clients_lost_every_broker_is_not_started() {
     );
     assert!(!log.contains("has not returned after"), "{log}");
     assert!(bouncer.exited().is_none(), "the process goes on:\n{log}");
-    let outputs = assert_exactly_once(&setup, None);
+    let outputs = assert_exactly_once(&setup, Some(fed));
     assert_eq!(outputs.len(), 200);
     stop(bouncer);
 }
