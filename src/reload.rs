@@ -209,7 +209,14 @@ fn drop_when_unused(old: Arc<RuleSet>) {
                 lower_priority();
                 let mut held: Vec<Arc<RuleSet>> = Vec::new();
                 loop {
-                    match rx.recv_timeout(Duration::from_millis(20)) {
+                    // Idle, the thread sleeps until a set arrives; while it
+                    // holds one, it looks every 20 ms whether it is unused.
+                    let next = if held.is_empty() {
+                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    } else {
+                        rx.recv_timeout(Duration::from_millis(20))
+                    };
+                    match next {
                         Ok(set) => held.push(set),
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
@@ -237,6 +244,21 @@ impl Default for ReloadOptions {
             debounce: Duration::from_millis(250),
             rescan_interval: Duration::from_secs(30),
         }
+    }
+}
+
+/// Whether a file system event can announce a change to the rules. notify
+/// also reports files and directories opened and closed for reading; those
+/// include the reloader's own reading of the tree, which would otherwise
+/// schedule another reading a debounce later, and so on for as long as the
+/// process runs. A file closed after writing still counts: it is how a
+/// write that ends without a further modification shows.
+fn may_change_rules(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -275,7 +297,9 @@ impl Reloader {
         let watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
                 Ok(event) => {
-                    let _ = events.send(Msg::FsEvent(event.paths));
+                    if may_change_rules(&event.kind) {
+                        let _ = events.send(Msg::FsEvent(event.paths));
+                    }
                 }
                 // An overflowed queue or watch error: re-scan to be sure.
                 Err(_) => {
