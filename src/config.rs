@@ -246,9 +246,9 @@ pub const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
     // A fetch waits for 64 KiB (~100 events, compressed) or 10 ms, where
     // librdkafka's 1 byte answers at every few events: below a drain's
     // rate, fewer and larger fetches cut bouncer's CPU per event by a fifth
-    // at 30,000 events/s and by half or more at 1,000-5,000, the broker's
-    // too, for up to 10 ms more latency at light load; drains do not change
-    // (BENCHMARKS.md).
+    // at 30,000 events/s and by 40-60% at 1,000-5,000, and the broker's by
+    // 20-40%, for up to 10 ms more latency at light load; drains do not
+    // change (BENCHMARKS.md).
     ("fetch.min.bytes", "65536"),
     ("fetch.wait.max.ms", "10"),
     // A fetch buffer stays in memory until its last message is processed:
